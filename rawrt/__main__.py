@@ -1,0 +1,7 @@
+"""python -m rawrt"""
+
+import sys
+
+from rawrt.cli import main
+
+sys.exit(main())

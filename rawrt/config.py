@@ -1,0 +1,152 @@
+"""Every limit, timeout and buffer bound of a rawrt server, each with its reason.
+
+A `Config` is frozen: the server reads it once at start. Nothing in rawrt grows without a
+bound that is named here, so an operator can read this file and know the worst case.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from rawrt.errors import ConfigError
+
+__all__ = ["Config", "ConfigError"]
+
+KIB = 1024
+MIB = 1024 * KIB
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    # --- listening ---------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # The process may hold a limited number of files (20,000 on small hosts); past this bound a
+    # new connection gets 503 at once rather than starving the ones already served.
+    max_connections: int = 16_000
+    # Optional WebSocket echo endpoint for the Autobahn|Testsuite; off unless a path is given.
+    echo_path: str | None = None
+    # Access-Control-Allow-Origin for the HTTP routes; empty string sends no CORS headers.
+    cors_origin: str = "*"
+
+    # --- channels and history ----------------------------------------------------------------
+    # Messages kept per channel for resume (SSE Last-Event-ID, poll cursors, WS "since").
+    history_size: int = 1000
+    # ... and the bytes they may take, so a channel of 1 MiB messages cannot hold 1 GiB.
+    history_max_bytes: int = 8 * MIB
+    # All channels' history together; past it idle channels are forgotten first.
+    history_total_bytes: int = 512 * MIB
+    # Channels in memory at once; idle ones (no subscriber) are evicted oldest first.
+    max_channels: int = 10_000
+    # A channel name is a URL path segment or a JSON string; long names are a memory lever.
+    max_channel_bytes: int = 256
+    # Channels one WebSocket may subscribe to.
+    max_subscriptions: int = 256
+
+    # --- input limits ------------------------------------------------------------------------
+    # WebSocket message from a client; larger ones close with 1009 (RFC 6455 §7.4.1).
+    max_message_bytes: int = 1 * MIB
+    # HTTP request body (publish); larger ones get 413.
+    max_body_bytes: int = 1 * MIB
+    # Request line plus headers. 16 KiB is h11's default and above nginx's 8 KiB buffers; h11
+    # only checks it while a head is incomplete, so rawrt checks whole heads too (431).
+    max_head_bytes: int = 16 * KIB
+    # Header lines per request (h11 has no cap of its own); more get 431.
+    max_header_count: int = 100
+    # Request target length; longer gets 414.
+    max_target_bytes: int = 8 * KIB
+    # Bytes a client may send while its request is parked or its stream is open (pipelining);
+    # more and the connection is closed: nothing legitimate needs more.
+    max_pending_input_bytes: int = 64 * KIB
+
+    # --- timing ------------------------------------------------------------------------------
+    # Server pings every WebSocket this often ...
+    ping_interval_s: float = 30.0
+    # ... and terminates one whose pong has not come back within this.
+    ping_timeout_s: float = 20.0
+    # SSE comment heartbeat; must beat proxies' read timeouts (nginx: 60 s).
+    sse_heartbeat_s: float = 15.0
+    # The SSE `retry:` hint, in milliseconds, sent when a stream opens.
+    sse_retry_ms: int = 3000
+    # Default and largest `timeout=` of a long poll.
+    poll_timeout_s: float = 30.0
+    poll_max_timeout_s: float = 120.0
+    # Time to receive a whole request (head and body) once it has started: slowloris bound.
+    request_timeout_s: float = 10.0
+    # An idle keep-alive HTTP connection is closed after this.
+    keepalive_timeout_s: float = 75.0
+    # On shutdown, connections get this long to finish before they are cut.
+    shutdown_timeout_s: float = 5.0
+
+    # --- output flow control -----------------------------------------------------------------
+    # Above this many bytes queued in a socket, rawrt stops writing to it and keeps only a
+    # cursor; it catches up from the log when the socket drains below the low-water mark.
+    write_high_water: int = 64 * KIB
+    write_low_water: int = 16 * KIB
+    # A catch-up write is cut into pieces of at most this many bytes.
+    catch_up_chunk_bytes: int = 64 * KIB
+
+    # --- scale-out ---------------------------------------------------------------------------
+    # redis://host:port/db for the shared backplane; None keeps everything in this process.
+    redis_url: str | None = None
+    # Processes sharing the port with SO_REUSEPORT; more than one requires redis_url.
+    workers: int = 1
+
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        for problem in _problems(self):
+            raise ConfigError(problem)
+
+    def replace(self, **changes: object) -> Config:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _problems(c: Config) -> list[str]:
+    """Every inconsistency in `c`, as sentences; empty when it is sound."""
+    found: list[str] = []
+    positive = (
+        "max_connections",
+        "history_size",
+        "history_max_bytes",
+        "history_total_bytes",
+        "max_channels",
+        "max_channel_bytes",
+        "max_subscriptions",
+        "max_message_bytes",
+        "max_body_bytes",
+        "max_head_bytes",
+        "max_header_count",
+        "max_target_bytes",
+        "max_pending_input_bytes",
+        "ping_interval_s",
+        "ping_timeout_s",
+        "sse_heartbeat_s",
+        "poll_timeout_s",
+        "poll_max_timeout_s",
+        "request_timeout_s",
+        "keepalive_timeout_s",
+        "write_high_water",
+        "catch_up_chunk_bytes",
+        "workers",
+    )
+    for name in positive:
+        if getattr(c, name) <= 0:
+            found.append(f"{name} must be positive, not {getattr(c, name)!r}")
+    if not 0 <= c.port <= 65535:
+        found.append(f"port must be in 0..65535, not {c.port}")
+    if not 0 <= c.write_low_water < c.write_high_water:
+        found.append("write_low_water must be at least 0 and below write_high_water")
+    if c.poll_timeout_s > c.poll_max_timeout_s:
+        found.append("poll_timeout_s must not exceed poll_max_timeout_s")
+    if c.sse_retry_ms < 0:
+        found.append("sse_retry_ms must not be negative")
+    if c.shutdown_timeout_s < 0:
+        found.append("shutdown_timeout_s must not be negative")
+    if c.echo_path is not None and not c.echo_path.startswith("/"):
+        found.append("echo_path must start with '/'")
+    if c.workers > 1 and not c.redis_url:
+        found.append("workers > 1 needs redis_url: processes share channels through Redis")
+    return found

@@ -1,0 +1,308 @@
+"""The HTTP/1.1 side of a TCP connection: h11 parses, rawrt routes and answers.
+
+Every accepted socket starts here. `HttpConnection` feeds bytes to an `h11.Connection`,
+enforces the limits h11 leaves to its user (whole-head size, header count, target length,
+Content-Length with Transfer-Encoding, a deadline on slow requests), and routes each complete
+request. Plain requests are answered here and the connection waits for the next one
+(keep-alive, pipelining). Three routes hand the socket over to another protocol object with
+`transport.set_protocol()`, and this object is dropped:
+
+    GET /ws                       -> transports.websocket.ChannelSocket
+    GET /api/sse/subscribe/{ch}   -> transports.sse.EventStream
+    GET|POST /api/poll/{ch}       -> transports.longpoll.ParkedPoll (when nothing is ready)
+
+so an open WebSocket or event stream keeps no HTTP parser. A new h11 parser is made for each
+request, which keeps this object's state to one request at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
+
+import h11
+
+from rawrt.errors import HttpError
+from rawrt.wire import http
+
+if TYPE_CHECKING:
+    from rawrt.config import Config
+    from rawrt.server import Server
+
+__all__ = ["HttpConnection", "Request"]
+
+log = logging.getLogger("rawrt")
+
+
+@dataclass(slots=True)
+class Request:
+    """A complete request, as routes see it."""
+
+    method: bytes
+    target: bytes
+    http_version: bytes
+    headers: list[tuple[bytes, bytes]]  # names lower-cased by h11
+    path: list[str]  # decoded segments, e.g. ["api", "poll", "news"]
+    query: dict[str, str]
+    body: bytes
+    keep_alive: bool
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+class HttpConnection(asyncio.Protocol):
+    """One TCP connection while it speaks plain HTTP/1.1."""
+
+    __slots__ = ("_body", "_parser", "_receiving", "_request", "_server", "_timer", "_transport")
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        self._transport: asyncio.Transport | None = None
+        self._parser = self._new_parser(b"")
+        self._request: h11.Request | None = None
+        self._body: list[bytes] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._receiving = False  # a request has begun to arrive: its deadline runs
+
+    def _new_parser(self, trailing: bytes) -> h11.Connection:
+        parser = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=self._server.config.max_head_bytes
+        )
+        if trailing:
+            parser.receive_data(trailing)
+        return parser
+
+    # --- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, but provide its methods.
+        transport = cast(asyncio.Transport, transport)
+        self._transport = transport
+        config = self._server.config
+        transport.set_write_buffer_limits(config.write_high_water, config.write_low_water)
+        if not self._server.admit(self):
+            transport.write(http.error_response(503, "server is at its connection limit"))
+            transport.close()
+            self._transport = None
+            return
+        self._wait_for_request()
+
+    def adopt(self, transport: asyncio.Transport, pending: bytes) -> None:
+        """Take over a kept-alive connection from a finished long poll."""
+        self._transport = transport
+        transport.set_protocol(self)
+        self._server.register(self)
+        self._wait_for_request()
+        if pending:
+            self._parser = self._new_parser(pending)
+            self._begin_receiving()
+            asyncio.get_running_loop().call_soon(self._process)
+
+    def data_received(self, data: bytes) -> None:
+        if self._transport is None:
+            return
+        self._begin_receiving()
+        self._parser.receive_data(data)
+        self._process()
+
+    def eof_received(self) -> bool | None:
+        self._parser.receive_data(b"")
+        self._process()
+        return None  # let the transport close itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        self._transport = None
+        self._server.forget(self)
+
+    def shutdown(self) -> None:
+        """Server stop: an idle connection closes now, a busy one after its response."""
+        if self._transport is not None and not self._receiving:
+            self._transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    # --- the request cycle -----------------------------------------------------------------
+
+    def _process(self) -> None:
+        while self._transport is not None:
+            try:
+                event = self._parser.next_event()
+            except h11.RemoteProtocolError as exc:
+                self._refuse(HttpError(exc.error_status_hint or 400, str(exc)))
+                return
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            assert isinstance(event, h11.Event)
+            try:
+                self._on_event(event)
+            except HttpError as exc:
+                self._refuse(exc)
+                return
+            except Exception:
+                log.exception("bug while serving a request (connection %x)", id(self))
+                self._refuse(HttpError(500, "internal error"))
+                return
+
+    def _on_event(self, event: h11.Event) -> None:
+        if isinstance(event, h11.Request):
+            self._start_request(event)
+        elif isinstance(event, h11.Data):
+            self._add_body(event.data)
+        elif isinstance(event, h11.EndOfMessage):
+            self._finish_request()
+        elif isinstance(event, h11.ConnectionClosed) and self._transport is not None:
+            self._transport.close()  # the client is done with this connection
+            self._transport = None
+
+    def _start_request(self, event: h11.Request) -> None:
+        self._begin_receiving()
+        self._request = event
+        self._body = []
+        _check_head(event, self._server.config)
+        length = _content_length(event)
+        if length is not None and length > self._server.config.max_body_bytes:
+            raise HttpError(413, f"body is larger than {self._server.config.max_body_bytes} bytes")
+        if self._parser.they_are_waiting_for_100_continue and self._transport is not None:
+            self._transport.write(http.CONTINUE)
+
+    def _add_body(self, data: bytes) -> None:
+        self._body.append(data)
+        if sum(map(len, self._body)) > self._server.config.max_body_bytes:
+            raise HttpError(413, f"body is larger than {self._server.config.max_body_bytes} bytes")
+
+    def _finish_request(self) -> None:
+        event, self._request = self._request, None
+        assert event is not None
+        self._receiving = False
+        self._cancel_timer()
+        request = _request_of(event, b"".join(self._body))
+        self._body = []
+        trailing = self._parser.trailing_data[0]
+        try:
+            handler, channel = self._server.router.resolve(request)
+            reply = handler(request, self, channel)
+        except HttpError as exc:
+            # The whole request has been read, so the connection can go on after this.
+            headers = (*exc.headers, *self._server.cors_headers)
+            reply = http.error_response(
+                exc.status, exc.detail, headers=headers, keep_alive=request.keep_alive
+            )
+        if reply is None:
+            return  # the handler took the connection over
+        self.send(reply, request.keep_alive, trailing)
+
+    def send(self, reply: bytes, keep_alive: bool, trailing: bytes = b"") -> None:
+        """Write a complete response, then wait for the next request or close."""
+        transport = self._transport
+        if transport is None:
+            return
+        transport.write(reply)
+        if not keep_alive:
+            transport.close()
+            self._transport = None
+            return
+        self._parser = self._new_parser(trailing)
+        if trailing:
+            self._begin_receiving()  # the next request has begun (pipelining)
+        else:
+            self._wait_for_request()
+
+    def take_over(self) -> tuple[asyncio.Transport, bytes]:
+        """Hand the socket to another protocol: returns it and the bytes already read."""
+        transport, self._transport = self._transport, None
+        assert transport is not None
+        self._cancel_timer()
+        self._server.forget(self)
+        return transport, self._parser.trailing_data[0]
+
+    def _refuse(self, exc: HttpError) -> None:
+        """Answer a bad request and close: after one, the byte stream cannot be trusted."""
+        if self._transport is None:
+            return
+        if exc.status >= 500:
+            log.error("bug answering request: %s", exc)
+        self._request = None
+        self._transport.write(http.error_response(exc.status, exc.detail, headers=exc.headers))
+        self._transport.close()
+        self._transport = None
+        self._cancel_timer()
+
+    # --- timers ----------------------------------------------------------------------------
+
+    def _wait_for_request(self) -> None:
+        self._receiving = False
+        self._start_timer(self._server.config.keepalive_timeout_s, self._idle_timed_out)
+
+    def _begin_receiving(self) -> None:
+        if not self._receiving:
+            self._receiving = True
+            self._start_timer(self._server.config.request_timeout_s, self._request_timed_out)
+
+    def _start_timer(self, delay_s: float, callback: Callable[[], None]) -> None:
+        self._cancel_timer()
+        self._timer = asyncio.get_running_loop().call_later(delay_s, callback)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _idle_timed_out(self) -> None:
+        self._timer = None
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    def _request_timed_out(self) -> None:
+        self._timer = None
+        self._refuse(HttpError(408, "request took too long to arrive"))
+
+
+def _check_head(event: h11.Request, config: Config) -> None:
+    """The limits h11 does not enforce on a head that arrived whole (h11 issue #182)."""
+    if len(event.target) > config.max_target_bytes:
+        raise HttpError(414, f"request target is longer than {config.max_target_bytes} bytes")
+    if len(event.headers) > config.max_header_count:
+        raise HttpError(431, f"more than {config.max_header_count} header fields")
+    size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
+    if size > config.max_head_bytes:
+        raise HttpError(431, f"request head is larger than {config.max_head_bytes} bytes")
+    names = {k for k, _ in event.headers}
+    # RFC 9112 §6.1: a request with both "ought to be handled as an error" (smuggling risk).
+    if b"transfer-encoding" in names and b"content-length" in names:
+        raise HttpError(400, "Content-Length together with Transfer-Encoding")
+
+
+def _content_length(event: h11.Request) -> int | None:
+    for name, value in event.headers:
+        if name == b"content-length":
+            return int(value)  # h11 has checked it is digits
+    return None
+
+
+def _request_of(event: h11.Request, body: bytes) -> Request:
+    path, query = http.split_target(event.target)
+    connection = {
+        t.strip().lower() for k, v in event.headers if k == b"connection" for t in v.split(b",")
+    }
+    keep_alive = event.http_version == b"1.1" and b"close" not in connection
+    return Request(
+        event.method,
+        event.target,
+        event.http_version,
+        list(event.headers),
+        path,
+        query,
+        body,
+        keep_alive,
+    )

@@ -1,0 +1,375 @@
+"""The hub: channels, their logs, and who listens to them. The sole owner of that state.
+
+Theory of operation
+-------------------
+A publish appends a `Message` to its channel's log, with every transport's bytes built once,
+and marks the channel dirty. Nothing is written yet: the owner of the event loop calls
+`flush()` once per loop iteration, and each dirty channel then hands every live subscriber
+the messages that arrived since the last flush, joined into one byte string per transport
+kind. Ten messages published in one loop iteration leave each socket in one write.
+
+Subscribers come in two shapes:
+
+- a `Subscription` (WebSocket, SSE) stays until unsubscribed. It is *live* while its socket
+  takes writes, and then it is only an entry in the channel's live table, holding the bound
+  write method the fan-out loop calls. When its socket pushes back, the owner calls `pause()`:
+  the subscription leaves the live table and keeps a cursor, the seq of the last message it
+  was given. `resume()` catches it up from the log and makes it live again; if the log no
+  longer holds what it missed, it gets a reset and continues from the head.
+- a parked long poll is one-shot: the next flush that brings messages `wake()`s every parked
+  poller of the channel with one shared `PollAnswer`, and forgets them.
+
+A channel is flushed before anyone joins, pauses or resumes, so a joiner never sees a message
+from before its position and a returning reader never misses one.
+
+The hub never touches a socket, a clock or the event loop: writes go through the callables
+subscribers hand in, time comes in as arguments, and flushing is scheduled by the caller.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from rawrt.config import Config
+from rawrt.errors import RawrtError
+from rawrt.log import ChannelLog, Message
+from rawrt.wire import envelope, sse, wsframe
+from rawrt.wire.ids import format_id, parse_id, to_base36
+
+__all__ = [
+    "KIND_SSE",
+    "KIND_WS",
+    "Hub",
+    "HubFull",
+    "PollAnswer",
+    "Subscription",
+    "Waiter",
+]
+
+# Transport kinds: the index of a message's bytes in `Message.frames`.
+KIND_WS = 0
+KIND_SSE = 1
+
+Write = Callable[[bytes], None]
+
+
+class HubFull(RawrtError):
+    """Every channel slot is taken by a channel someone listens to."""
+
+
+class Waiter(Protocol):
+    """A parked long poll: woken once with the answer to its request."""
+
+    def wake(self, answer: PollAnswer) -> None: ...
+
+
+@dataclass(slots=True, eq=False)
+class PollAnswer:
+    """What a long poll is answered with; shared by every poller one flush wakes."""
+
+    messages: list[Message]
+    cursor: str
+    reset: bool = False
+    # The I/O side keeps the response bytes it built here, so they are built once.
+    encoded: dict[object, bytes] = field(default_factory=dict)
+
+    def body(self) -> bytes:
+        return envelope.poll_body([m.data for m in self.messages], self.cursor, self.reset)
+
+
+class Subscription:
+    """One subscriber's place in one channel."""
+
+    __slots__ = ("channel", "cursor", "kind", "paused", "write")
+
+    def __init__(self, channel: Channel, kind: int, write: Write) -> None:
+        self.channel = channel
+        self.kind = kind
+        self.write = write
+        self.cursor = 0  # meaningful only while paused: seq of the last message written
+        self.paused = False
+
+
+class Channel:
+    __slots__ = (
+        "channel_json",
+        "epoch",
+        "flushed",
+        "live",
+        "log",
+        "name",
+        "parked",
+        "pending",
+        "subscribers",
+    )
+
+    def __init__(self, name: str, epoch: str, log: ChannelLog) -> None:
+        self.name = name
+        self.channel_json = envelope.canonical_json(name)
+        self.epoch = epoch
+        self.log = log
+        self.flushed = log.head  # seq of the last message handed to live subscribers
+        self.pending: list[Message] = []  # appended since the last flush, oldest first
+        self.live: tuple[dict[Subscription, Write], ...] = ({}, {})  # per kind
+        self.parked: dict[Waiter, None] = {}
+        self.subscribers = 0  # live and paused
+
+    @property
+    def idle(self) -> bool:
+        return not self.subscribers and not self.parked
+
+    def id_of(self, seq: int) -> str:
+        return format_id(self.epoch, seq)
+
+    def cursor_of(self, message_id: str | None) -> int | None:
+        """The seq `message_id` names if it is resumable here, else None."""
+        parsed = parse_id(message_id) if message_id is not None else None
+        if parsed is None or parsed[0] != self.epoch or not self.log.holds_after(parsed[1]):
+            return None
+        return parsed[1]
+
+
+class Hub:
+    def __init__(self, config: Config, run_id: str, schedule_flush: Callable[[], None]) -> None:
+        self._config = config
+        self._run_id = run_id  # makes epochs differ between server runs
+        self._schedule_flush = schedule_flush
+        self._channels: dict[str, Channel] = {}
+        self._idle: OrderedDict[str, None] = OrderedDict()  # evictable, least recent first
+        self._dirty: list[Channel] = []
+        self._created = 0
+        self.total_bytes = 0
+
+    # --- channels --------------------------------------------------------------------------
+
+    def channel(self, name: str) -> Channel:
+        """The channel called `name`, created (with a fresh epoch) if needed."""
+        ch = self._channels.get(name)
+        if ch is None:
+            ch = self._create(name)
+        elif ch.idle:
+            self._idle.move_to_end(name)
+        return ch
+
+    def _create(self, name: str) -> Channel:
+        if len(self._channels) >= self._config.max_channels:
+            if not self._idle:
+                raise HubFull(f"all {self._config.max_channels} channels are in use")
+            self._evict(next(iter(self._idle)))
+        self._created += 1
+        epoch = self._run_id + to_base36(self._created)
+        log = ChannelLog(self._config.history_size, self._config.history_max_bytes)
+        ch = self._channels[name] = Channel(name, epoch, log)
+        self._idle[name] = None
+        return ch
+
+    def _evict(self, name: str) -> None:
+        ch = self._channels.pop(name)
+        del self._idle[name]
+        self.total_bytes -= ch.log.nbytes
+        if ch in self._dirty:
+            self._dirty.remove(ch)
+
+    def _became_busy(self, ch: Channel) -> None:
+        self._idle.pop(ch.name, None)
+
+    def _maybe_idle(self, ch: Channel) -> None:
+        if ch.idle and self._channels.get(ch.name) is ch:
+            self._idle[ch.name] = None
+
+    def __len__(self) -> int:
+        return len(self._channels)
+
+    # --- publishing ------------------------------------------------------------------------
+
+    def publish(self, name: str, data_json: str, now_ms: int) -> Message:
+        """Append a message with the next local seq; it goes out at the next flush."""
+        ch = self.channel(name)
+        message = self._encode(ch, ch.log.head + 1, data_json, now_ms)
+        self._append(ch, message)
+        return message
+
+    def _encode(self, ch: Channel, seq: int, data_json: str, now_ms: int) -> Message:
+        message_id = ch.id_of(seq)
+        text = envelope.message(ch.channel_json, data_json, now_ms, message_id)
+        frames = (wsframe.frame(text.encode()), sse.event(data_json, message_id))
+        return Message(seq, message_id, data_json.encode(), now_ms, frames)
+
+    def _append(self, ch: Channel, message: Message) -> None:
+        self.total_bytes += message.size - ch.log.append(message)
+        ch.pending.append(message)
+        if len(ch.pending) == 1:
+            self._dirty.append(ch)
+            if len(self._dirty) == 1:
+                self._schedule_flush()
+        self._within_budget(ch)
+
+    def _within_budget(self, ch: Channel) -> None:
+        """Keep all history under history_total_bytes: idle channels go first."""
+        while self.total_bytes > self._config.history_total_bytes:
+            idle = next((n for n in self._idle if n != ch.name), None)
+            if idle is not None:
+                self._evict(idle)
+            elif len(ch.log) > 1:
+                self.total_bytes -= ch.log.trim_oldest()
+            else:
+                return
+
+    # --- fan-out ---------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Hand every dirty channel's new messages to its subscribers and parked polls."""
+        dirty, self._dirty = self._dirty, []
+        for ch in dirty:
+            self._flush_channel(ch)
+
+    def _flush_channel(self, ch: Channel) -> None:
+        new = ch.pending
+        if not new:
+            return
+        ch.pending = []
+        ch.flushed = new[-1].seq  # before writing: a pause inside a write keeps this cursor
+        for kind, live in enumerate(ch.live):
+            if live:
+                batch = new[0].frames[kind] if len(new) == 1 else _join(new, kind)
+                for write in tuple(live.values()):  # a write may pause (remove) a subscriber
+                    write(batch)
+        if ch.parked:
+            parked, ch.parked = ch.parked, {}
+            answer = PollAnswer(new, ch.id_of(ch.flushed))
+            for waiter in parked:
+                waiter.wake(answer)
+            self._maybe_idle(ch)
+
+    def _flush_now(self, ch: Channel) -> None:
+        if ch.pending:
+            self._dirty.remove(ch)
+            self._flush_channel(ch)
+
+    # --- subscriptions ---------------------------------------------------------------------
+
+    def subscribe(
+        self, name: str, kind: int, write: Write, since: str | None = None
+    ) -> Subscription:
+        """Join `name` at its head, or after `since` (replaying what the log holds).
+
+        A `since` the log cannot resume from writes a reset first. Raises HubFull.
+        """
+        ch = self.channel(name)
+        self._flush_now(ch)
+        sub = Subscription(ch, kind, write)
+        ch.subscribers += 1
+        self._became_busy(ch)
+        sub.cursor = ch.flushed
+        if since is not None:
+            cursor = ch.cursor_of(since)
+            if cursor is None:
+                write(_reset_bytes(ch, kind))
+            else:
+                sub.cursor = cursor
+        sub.paused = True  # catching up, then live
+        self.resume(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        ch = sub.channel
+        if ch.live[sub.kind].pop(sub, None) is None and not sub.paused:
+            return  # already gone
+        sub.paused = False
+        ch.subscribers -= 1
+        self._maybe_idle(ch)
+
+    def pause(self, sub: Subscription) -> None:
+        """Stop writing to `sub`; it keeps its place as a cursor."""
+        if sub.paused:
+            return
+        sub.paused = True
+        if sub.channel.live[sub.kind].pop(sub, None) is not None:
+            sub.cursor = sub.channel.flushed
+
+    def resume(self, sub: Subscription) -> None:
+        """Write what `sub` missed (or a reset), then make it live again."""
+        if not sub.paused or self._channels.get(sub.channel.name) is not sub.channel:
+            return
+        ch = sub.channel
+        self._flush_now(ch)
+        sub.paused = False
+        if not ch.log.holds_after(sub.cursor):
+            sub.cursor = ch.flushed
+            sub.write(_reset_bytes(ch, sub.kind))
+        elif not self._catch_up(sub):
+            return  # paused again mid-way; its cursor says where to go on
+        if not sub.paused:
+            ch.live[sub.kind][sub] = sub.write
+
+    def _catch_up(self, sub: Subscription) -> bool:
+        """Write the log after sub.cursor in bounded pieces; False if a write paused it."""
+        ch, limit = sub.channel, self._config.catch_up_chunk_bytes
+        missed = ch.log.after(sub.cursor)
+        start = 0
+        while start < len(missed):
+            end, size = start, 0
+            while end < len(missed) and (
+                size == 0 or size + len(missed[end].frames[sub.kind]) <= limit
+            ):
+                size += len(missed[end].frames[sub.kind])
+                end += 1
+            sub.cursor = missed[end - 1].seq  # before the write, which may pause `sub`
+            sub.write(_join(missed[start:end], sub.kind))
+            if sub.paused:
+                return False
+            start = end
+        return True
+
+    # --- long polls ------------------------------------------------------------------------
+
+    def poll(self, name: str, since: str | None) -> PollAnswer | int:
+        """An answer now (messages after `since`, or a reset), or the seq to park at.
+
+        Without `since` the poll waits for what is published after it arrived.
+        """
+        ch = self.channel(name)
+        self._flush_now(ch)
+        if since is None:
+            return ch.flushed
+        cursor = ch.cursor_of(since)
+        if cursor is None:
+            return PollAnswer([], ch.id_of(ch.flushed), reset=True)
+        if cursor < ch.flushed:
+            return PollAnswer(ch.log.after(cursor), ch.id_of(ch.flushed))
+        return cursor
+
+    def park(self, name: str, waiter: Waiter) -> None:
+        """Wake `waiter` at the next flush of `name` (after `poll` returned a seq)."""
+        ch = self.channel(name)
+        ch.parked[waiter] = None
+        self._became_busy(ch)
+
+    def unpark(self, name: str, waiter: Waiter) -> str:
+        """Forget a parked poll (timed out, or its client left); returns the head id."""
+        ch = self._channels.get(name)
+        if ch is None:
+            return ""
+        ch.parked.pop(waiter, None)
+        self._maybe_idle(ch)
+        return ch.id_of(ch.flushed)
+
+    def head_id(self, name: str) -> str:
+        """Id of the newest message of `name`, after handing out any still pending."""
+        ch = self.channel(name)
+        self._flush_now(ch)
+        return ch.id_of(ch.flushed)
+
+
+def _join(messages: list[Message], kind: int) -> bytes:
+    return b"".join([m.frames[kind] for m in messages])
+
+
+def _reset_bytes(ch: Channel, kind: int) -> bytes:
+    head = ch.id_of(ch.flushed)
+    if kind == KIND_WS:
+        return wsframe.frame(envelope.reset(ch.name, head).encode())
+    return sse.event(envelope.reset(ch.name, head), head, "reset")

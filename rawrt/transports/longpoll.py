@@ -1,0 +1,127 @@
+"""Long polling: a request parked until the channel's next flush or its timeout.
+
+The reference design hands each message to one waiter and queues it when none waits, so
+two pollers split a channel between them and a message published between polls goes to
+whoever asks next. Here a poll carries a cursor (`since`, an id from any transport) and the
+hub answers from the log: every poller gets every message, once, and nothing falls between
+two polls. All pollers one flush wakes share a `PollAnswer` and its response bytes.
+
+While parked, the socket belongs to a `ParkedPoll`, which keeps no HTTP parser; once it has
+answered, a kept-alive connection goes back to a fresh `HttpConnection`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from rawrt.connection import HttpConnection
+from rawrt.hub import PollAnswer
+from rawrt.wire import http
+
+if TYPE_CHECKING:
+    from rawrt.server import Server
+
+__all__ = ["ParkedPoll", "poll_response"]
+
+
+def poll_response(server: Server, answer: PollAnswer, keep_alive: bool) -> bytes:
+    """The response to a poll, built once per answer and connection kind."""
+    reply = answer.encoded.get(keep_alive)
+    if reply is None:
+        reply = http.response(
+            200, answer.body(), headers=server.cors_headers, keep_alive=keep_alive
+        )
+        answer.encoded[keep_alive] = reply
+    return reply
+
+
+class ParkedPoll(asyncio.Protocol):
+    """A long-poll request waiting for its channel."""
+
+    __slots__ = (
+        "_channel",
+        "_cursor",
+        "_keep_alive",
+        "_pending",
+        "_server",
+        "_timer",
+        "_transport",
+    )
+
+    def __init__(
+        self, server: Server, transport: asyncio.Transport, channel: str, keep_alive: bool
+    ) -> None:
+        self._server = server
+        self._transport: asyncio.Transport | None = transport
+        self._channel = channel
+        self._keep_alive = keep_alive
+        self._cursor = ""
+        self._pending = b""  # bytes of a pipelined next request
+        self._timer: asyncio.TimerHandle | None = None
+
+    def park(self, pending: bytes, timeout_s: float) -> None:
+        assert self._transport is not None
+        self._pending = pending
+        self._transport.set_protocol(self)
+        self._server.register(self)
+        self._cursor = self._server.hub.head_id(self._channel)
+        self._server.hub.park(self._channel, self)
+        self._timer = asyncio.get_running_loop().call_later(timeout_s, self._expire)
+
+    def wake(self, answer: PollAnswer) -> None:
+        """The hub has messages: answer with them."""
+        self._answer(answer)
+
+    def _expire(self) -> None:
+        self._timer = None
+        self._server.hub.unpark(self._channel, self)
+        self._answer(PollAnswer([], self._cursor))
+
+    def _answer(self, answer: PollAnswer) -> None:
+        transport, self._transport = self._transport, None
+        if transport is None:
+            return
+        self._cancel_timer()
+        self._server.forget(self)
+        transport.write(poll_response(self._server, answer, self._keep_alive))
+        if self._keep_alive and not self._server.stopping:
+            HttpConnection(self._server).adopt(transport, self._pending)
+        else:
+            transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        self._pending += data
+        if len(self._pending) > self._server.config.max_pending_input_bytes:
+            self._drop()
+
+    def eof_received(self) -> bool | None:
+        return None  # the client gave up on this request: close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._drop()
+
+    def shutdown(self) -> None:
+        """Server stop: answer now, with nothing new, and close."""
+        self._keep_alive = False
+        self._server.hub.unpark(self._channel, self)
+        self._answer(PollAnswer([], self._cursor))
+
+    def abort(self) -> None:
+        transport = self._transport
+        self._drop()
+        if transport is not None:
+            transport.abort()
+
+    def _drop(self) -> None:
+        self._cancel_timer()
+        self._server.hub.unpark(self._channel, self)
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+            self._server.forget(self)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

@@ -1,0 +1,326 @@
+"""WebSocket connections after the upgrade: frames in through wsproto, frames out prebuilt.
+
+`WebSocketSession` does what every WebSocket endpoint needs: it parses client frames with
+wsproto's `Connection`, enforces the message-size limit wsproto lacks (1009), answers pings,
+runs the close handshake, and keeps the peer alive-checked (the server's liveness sweep calls
+`check_liveness`). Subclasses say what a complete message means:
+
+- `ChannelSocket` speaks rawrt's JSON protocol (rawrt.wire.envelope) against the hub;
+- `EchoSocket` sends every message back, for the Autobahn|Testsuite.
+
+Memory matters here because most sockets are idle: wsproto's parser (about 1.7 KiB) exists
+only while bytes are being parsed. Between messages, when it holds no partial frame, it is
+dropped, and the next byte makes a fresh one; an idle subscriber keeps a few slots and its
+subscriptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from wsproto.connection import Connection, ConnectionState, ConnectionType
+from wsproto.events import (
+    BytesMessage,
+    CloseConnection,
+    Event,
+    Ping,
+    Pong,
+    TextMessage,
+)
+
+from rawrt.errors import BadMessage, WebSocketClose
+from rawrt.hub import KIND_WS, HubFull, Subscription
+from rawrt.wire import envelope, wsframe
+
+if TYPE_CHECKING:
+    from rawrt.server import Server
+
+__all__ = ["ChannelSocket", "EchoSocket", "WebSocketSession"]
+
+log = logging.getLogger("rawrt")
+
+# RFC 6455 §7.4.1 close codes rawrt sends.
+NORMAL = 1000
+GOING_AWAY = 1001
+POLICY = 1008
+TOO_BIG = 1009
+INTERNAL = 1011
+# Sent by peers but never on the wire: "no status" and "abnormal closure".
+_NOT_ON_WIRE = (1005, 1006)
+
+
+def _parser_is_idle(parser: Connection) -> bool:
+    """True when `parser` holds no partial frame or message, so a new one is equivalent.
+
+    This reads wsproto internals (1.2, 1.3); if they change, the answer is False and rawrt
+    merely keeps the parser, which is correct and costs memory.
+    """
+    try:
+        proto = parser._proto
+        decoder = proto._frame_decoder
+        return (
+            parser.state is ConnectionState.OPEN
+            and not parser._events
+            and decoder.header is None
+            and len(decoder.buffer) == 0
+            and proto._message_decoder.opcode is None
+        )
+    except AttributeError:
+        return False
+
+
+class WebSocketSession(asyncio.Protocol):
+    """An open WebSocket; subclasses handle complete messages."""
+
+    __slots__ = (
+        "_closing",
+        "_parser",
+        "_parts",
+        "_parts_bytes",
+        "_ping_due",
+        "_pong_due",
+        "_server",
+        "_transport",
+        "_write_paused",
+    )
+
+    def __init__(self, server: Server, transport: asyncio.Transport) -> None:
+        self._server = server
+        self._transport: asyncio.Transport | None = transport
+        self._parser: Connection | None = None
+        self._parts: list[str | bytes] | None = None  # fragments of a message in progress
+        self._parts_bytes = 0
+        self._ping_due = server.clock() + server.config.ping_interval_s
+        self._pong_due: float | None = None
+        self._closing = False
+        self._write_paused = False
+
+    def start(self, pending: bytes) -> None:
+        """Called once the 101 response is written; `pending` came in with the upgrade."""
+        assert self._transport is not None
+        self._transport.set_protocol(self)
+        self._server.register(self)
+        if pending:
+            self.data_received(pending)
+
+    # --- incoming --------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return  # after our close frame, RFC 6455 §5.5.1 lets us ignore everything
+        parser = self._parser or Connection(ConnectionType.SERVER)
+        self._parser = parser
+        parser.receive_data(data)
+        try:
+            for event in parser.events():
+                self._on_event(event)
+                if self._closing:
+                    return
+        except WebSocketClose as exc:
+            self.close(exc.code, exc.reason)
+            return
+        except Exception:
+            log.exception("bug in a WebSocket session (connection %x)", id(self))
+            self.close(INTERNAL)
+            return
+        if _parser_is_idle(parser):
+            self._parser = None
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, (TextMessage, BytesMessage)):
+            self._on_fragment(
+                bytes(event.data) if isinstance(event.data, bytearray) else event.data,
+                event.message_finished,
+            )
+        elif isinstance(event, Ping):
+            self.send_frame(wsframe.frame(event.payload, wsframe.OP_PONG))
+        elif isinstance(event, Pong):
+            self._pong_due = None
+        elif isinstance(event, CloseConnection):
+            self._on_close(event)
+
+    def _on_fragment(self, data: str | bytes, finished: bool) -> None:
+        size = self._parts_bytes + _wire_size(data)
+        if size > self._server.config.max_message_bytes:
+            raise WebSocketClose(TOO_BIG, "message too big")
+        if finished and self._parts is None:
+            self.on_message(data)
+            return
+        if self._parts is None:
+            self._parts = []
+        self._parts.append(data)
+        self._parts_bytes = size
+        if finished:
+            parts, self._parts, self._parts_bytes = self._parts, None, 0
+            self.on_message("".join(parts) if isinstance(data, str) else b"".join(parts))  # type: ignore[arg-type]
+
+    def _on_close(self, event: CloseConnection) -> None:
+        parser = self._parser
+        if parser is not None and parser.state is ConnectionState.REMOTE_CLOSING:
+            # The peer closed: echo its code (§5.5.1) and close the TCP connection first.
+            self.close(event.code, echo=True)
+        else:
+            # wsproto found a protocol error (1002, 1007, ...) and stays OPEN: we close.
+            self.close(event.code, event.reason or "")
+
+    def on_message(self, data: str | bytes) -> None:
+        raise NotImplementedError
+
+    # --- outgoing --------------------------------------------------------------------------
+
+    def send_frame(self, frame: bytes) -> None:
+        if self._transport is not None and not self._closing:
+            self._transport.write(frame)
+
+    def send_text(self, text: str) -> None:
+        self.send_frame(wsframe.frame(text.encode()))
+
+    def close(self, code: int, reason: str = "", *, echo: bool = False) -> None:
+        """Send a close frame and close the TCP connection once it is written."""
+        if self._closing or self._transport is None:
+            return
+        self._closing = True
+        self.release()
+        if code in _NOT_ON_WIRE:
+            frame = wsframe.frame(b"", wsframe.OP_CLOSE) if echo else wsframe.close_frame(NORMAL)
+        else:
+            frame = wsframe.close_frame(code, reason)
+        self._transport.write(frame)
+        self._transport.close()
+        self._parser = None
+
+    def terminate(self) -> None:
+        """Drop a dead peer without a closing handshake."""
+        self.release()
+        if self._transport is not None:
+            self._transport.abort()
+
+    abort = terminate
+
+    def release(self) -> None:
+        """Give up whatever the session holds in the hub; subclasses extend."""
+
+    # --- liveness and flow control ---------------------------------------------------------
+
+    def check_liveness(self, now: float) -> None:
+        """Called by the server's sweep: ping when due, terminate if the pong is late."""
+        if self._closing:
+            return
+        if self._pong_due is not None and now >= self._pong_due:
+            log.info("terminating a WebSocket peer that did not answer a ping")
+            self.terminate()
+        elif now >= self._ping_due:
+            config = self._server.config
+            self._ping_due = now + config.ping_interval_s
+            if self._pong_due is None:
+                self._pong_due = now + config.ping_timeout_s
+            self.send_frame(_PING)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        if self._transport is not None:
+            self._transport.pause_reading()  # a client that does not read may not send
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._transport is not None and not self._closing:
+            self._transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.release()
+        self._transport = None
+        self._parser = None
+        self._server.forget(self)
+
+    def shutdown(self) -> None:
+        self.close(GOING_AWAY, "server shutting down")
+
+
+class ChannelSocket(WebSocketSession):
+    """A WebSocket speaking rawrt's JSON protocol: subscribe, unsubscribe, publish, ping."""
+
+    __slots__ = ("_subs",)
+
+    def __init__(self, server: Server, transport: asyncio.Transport) -> None:
+        super().__init__(server, transport)
+        self._subs: dict[str, Subscription] = {}
+
+    def on_message(self, data: str | bytes) -> None:
+        try:
+            if not isinstance(data, str):
+                raise BadMessage("binary frames are not part of the protocol; send JSON text")
+            command = envelope.parse_client_message(data, self._server.config.max_channel_bytes)
+            self._handle(command)
+        except BadMessage as exc:
+            self.send_text(envelope.error(exc.reason))
+        except HubFull as exc:
+            self.send_text(envelope.error(str(exc), data="Server busy"))
+
+    def _handle(self, command: envelope.ClientMessage) -> None:
+        if isinstance(command, envelope.Subscribe):
+            self._subscribe(command.channel, command.since)
+        elif isinstance(command, envelope.Unsubscribe):
+            self._unsubscribe(command.channel)
+        elif isinstance(command, envelope.Publish):
+            self._server.publish_json(command.channel, command.data)
+        else:
+            self.send_text(envelope.pong(int(time.time() * 1000)))
+
+    def _subscribe(self, channel: str, since: str | None) -> None:
+        hub = self._server.hub
+        if channel in self._subs:
+            hub.unsubscribe(self._subs.pop(channel))  # a new `since` restarts the replay
+        elif len(self._subs) >= self._server.config.max_subscriptions:
+            raise BadMessage(f"at most {self._server.config.max_subscriptions} subscriptions")
+        self.send_text(envelope.subscribed(channel, hub.head_id(channel)))
+        assert self._transport is not None
+        sub = hub.subscribe(channel, KIND_WS, self._transport.write, since)
+        self._subs[channel] = sub
+        if self._write_paused:
+            hub.pause(sub)
+
+    def _unsubscribe(self, channel: str) -> None:
+        sub = self._subs.pop(channel, None)
+        if sub is not None:
+            self._server.hub.unsubscribe(sub)
+        self.send_text(envelope.unsubscribed(channel))
+
+    def release(self) -> None:
+        subs, self._subs = self._subs, {}
+        for sub in subs.values():
+            self._server.hub.unsubscribe(sub)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        for sub in self._subs.values():
+            self._server.hub.pause(sub)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        for sub in list(self._subs.values()):
+            if self._write_paused:
+                break  # a catch-up write filled the socket again
+            self._server.hub.resume(sub)
+
+
+class EchoSocket(WebSocketSession):
+    """Sends every message back as it came (text or binary): the Autobahn fuzzing target."""
+
+    __slots__ = ()
+
+    def on_message(self, data: str | bytes) -> None:
+        if isinstance(data, str):
+            self.send_frame(wsframe.frame(data.encode()))
+        else:
+            self.send_frame(wsframe.frame(data, wsframe.OP_BINARY))
+
+
+_PING = wsframe.frame(b"", wsframe.OP_PING)
+
+
+def _wire_size(data: str | bytes) -> int:
+    """Bytes `data` took on the wire (wsproto hands text over decoded)."""
+    return len(data) if isinstance(data, bytes) else len(data.encode())

@@ -1,0 +1,173 @@
+"""The JSON messages of rawrt's wire protocol (the reference design's, extended).
+
+Client to server, as WebSocket text frames:
+
+    {"type": "subscribe",   "channel": C, "since": ID?}
+    {"type": "unsubscribe", "channel": C}
+    {"type": "publish",     "channel": C, "data": ANY}
+    {"type": "ping"}
+
+Server to client:
+
+    {"type": "message",    "channel": C, "data": ANY, "timestamp": MS, "id": ID}
+    {"type": "subscribed", "channel": C, "id": ID}     ID: the channel's latest message
+    {"type": "unsubscribed", "channel": C}
+    {"type": "reset",      "channel": C, "id": ID}     the requested position is gone
+    {"type": "pong",       "timestamp": MS}
+    {"type": "error",      "data": "Invalid message format", "reason": TEXT}
+
+Message data is kept as canonical JSON text (compact, no raw control characters), produced
+once per publish. Everything that carries it (a WebSocket envelope, an SSE `data:` line, a
+long-poll body) splices that text in, so no message is serialised twice.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from rawrt.errors import BadMessage
+
+__all__ = [
+    "INVALID_FORMAT",
+    "Ping",
+    "Publish",
+    "Subscribe",
+    "Unsubscribe",
+    "canonical_json",
+    "error",
+    "message",
+    "parse_client_message",
+    "parse_data",
+    "poll_body",
+    "pong",
+    "reset",
+    "subscribed",
+    "unsubscribed",
+]
+
+INVALID_FORMAT = "Invalid message format"  # the reference's wording; clients may match on it
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    channel: str
+    since: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    channel: str
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    channel: str
+    data: str  # canonical JSON text
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    pass
+
+
+ClientMessage = Subscribe | Unsubscribe | Publish | Ping
+
+
+def _reject_constant(name: str) -> Any:
+    # Python reads NaN and Infinity, but they are not JSON and browsers would choke on them.
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_data(raw: bytes | str) -> Any:
+    """A JSON document from a client, or BadMessage."""
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadMessage(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise BadMessage("JSON nested too deeply") from None
+
+
+def canonical_json(value: Any) -> str:
+    """Compact JSON whose text has no raw CR or LF, so it fits one SSE `data:` line."""
+    try:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        text.encode()  # a lone surrogate (from a "\\ud800" escape) cannot be UTF-8 ...
+    except UnicodeEncodeError:
+        text = json.dumps(value, separators=(",", ":"))  # ... so keep it escaped
+    except RecursionError:
+        raise BadMessage("JSON nested too deeply") from None
+    return text
+
+
+def parse_client_message(text: str, max_channel_bytes: int) -> ClientMessage:
+    """The command in one client text frame, or BadMessage saying what is wrong."""
+    obj = parse_data(text)
+    if not isinstance(obj, dict):
+        raise BadMessage("a message must be a JSON object")
+    kind = obj.get("type")
+    if kind == "ping":
+        return Ping()
+    channel = _channel(obj, max_channel_bytes)
+    if kind == "subscribe":
+        since = obj.get("since")
+        if since is not None and not isinstance(since, str):
+            raise BadMessage("'since' must be a string id")
+        return Subscribe(channel, since)
+    if kind == "unsubscribe":
+        return Unsubscribe(channel)
+    if kind == "publish":
+        return Publish(channel, canonical_json(obj.get("data")))
+    raise BadMessage(f"unknown type {kind!r}")
+
+
+def _channel(obj: dict[str, Any], max_bytes: int) -> str:
+    channel = obj.get("channel")
+    if not isinstance(channel, str) or not channel:
+        raise BadMessage("'channel' must be a non-empty string")
+    if len(channel.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise BadMessage(f"'channel' is longer than {max_bytes} bytes")
+    return channel
+
+
+def _q(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
+
+
+def message(channel_json: str, data_json: str, timestamp_ms: int, message_id: str) -> str:
+    """The envelope of a published message; `channel_json` is the channel already quoted."""
+    return (
+        f'{{"type":"message","channel":{channel_json},"data":{data_json},'
+        f'"timestamp":{timestamp_ms},"id":"{message_id}"}}'
+    )
+
+
+def subscribed(channel: str, message_id: str) -> str:
+    return f'{{"type":"subscribed","channel":{_q(channel)},"id":"{message_id}"}}'
+
+
+def unsubscribed(channel: str) -> str:
+    return f'{{"type":"unsubscribed","channel":{_q(channel)}}}'
+
+
+def reset(channel: str, message_id: str) -> str:
+    return f'{{"type":"reset","channel":{_q(channel)},"id":"{message_id}"}}'
+
+
+def pong(timestamp_ms: int) -> str:
+    return f'{{"type":"pong","timestamp":{timestamp_ms}}}'
+
+
+def error(reason: str, data: str = INVALID_FORMAT) -> str:
+    return json.dumps(
+        {"type": "error", "data": data, "reason": reason}, separators=(",", ":"), ensure_ascii=False
+    )
+
+
+def poll_body(data_items: list[bytes], cursor: str, reset: bool = False) -> bytes:
+    """`{"messages":[...],"cursor":ID}` with each item's JSON spliced in as it is."""
+    tail = b',"reset":true}' if reset else b"}"
+    items = b",".join(data_items)
+    return b'{"messages":[' + items + b'],"cursor":"' + cursor.encode() + b'"' + tail
