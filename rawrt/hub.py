@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from rawrt.config import Config
 from rawrt.errors import RawrtError
@@ -42,8 +42,10 @@ from rawrt.wire.ids import format_id, parse_id, to_base36
 __all__ = [
     "KIND_SSE",
     "KIND_WS",
+    "Entry",
     "Hub",
     "HubFull",
+    "NotAttached",
     "PollAnswer",
     "Subscription",
     "Waiter",
@@ -58,6 +60,18 @@ Write = Callable[[bytes], None]
 
 class HubFull(RawrtError):
     """Every channel slot is taken by a channel someone listens to."""
+
+
+class NotAttached(RawrtError):
+    """With a backplane, a channel must be synced from the shared history before use."""
+
+
+class Entry(NamedTuple):
+    """A message of the shared history, as a backplane hands it over."""
+
+    seq: int
+    timestamp_ms: int
+    data_json: str
 
 
 class Waiter(Protocol):
@@ -102,6 +116,7 @@ class Channel:
         "log",
         "name",
         "parked",
+        "paused",
         "pending",
         "subscribers",
     )
@@ -115,7 +130,8 @@ class Channel:
         self.pending: list[Message] = []  # appended since the last flush, oldest first
         self.live: tuple[dict[Subscription, Write], ...] = ({}, {})  # per kind
         self.parked: dict[Waiter, None] = {}
-        self.subscribers = 0  # live and paused
+        self.paused: dict[Subscription, None] = {}  # subscriptions holding a cursor
+        self.subscribers = 0  # live, paused and catching up
 
     @property
     def idle(self) -> bool:
@@ -133,10 +149,22 @@ class Channel:
 
 
 class Hub:
-    def __init__(self, config: Config, run_id: str, schedule_flush: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        run_id: str,
+        schedule_flush: Callable[[], None],
+        *,
+        assigns_ids: bool = True,
+        on_evict: Callable[[str], None] | None = None,
+    ) -> None:
         self._config = config
         self._run_id = run_id  # makes epochs differ between server runs
         self._schedule_flush = schedule_flush
+        # True: this hub numbers messages itself (one node). False: a backplane does, and a
+        # channel exists here only once `sync()` has brought it in from the shared history.
+        self._assigns_ids = assigns_ids
+        self._on_evict = on_evict
         self._channels: dict[str, Channel] = {}
         self._idle: OrderedDict[str, None] = OrderedDict()  # evictable, least recent first
         self._dirty: list[Channel] = []
@@ -149,29 +177,48 @@ class Hub:
         """The channel called `name`, created (with a fresh epoch) if needed."""
         ch = self._channels.get(name)
         if ch is None:
-            ch = self._create(name)
+            if not self._assigns_ids:
+                raise NotAttached(name)
+            self._created += 1
+            ch = self._add(name, self._run_id + to_base36(self._created), self._new_log(0))
         elif ch.idle:
             self._idle.move_to_end(name)
         return ch
 
-    def _create(self, name: str) -> Channel:
+    def has(self, name: str) -> bool:
+        return name in self._channels
+
+    def is_idle(self, name: str) -> bool:
+        ch = self._channels.get(name)
+        return ch is None or ch.idle
+
+    def _new_log(self, head: int) -> ChannelLog:
+        return ChannelLog(self._config.history_size, self._config.history_max_bytes, head)
+
+    def _add(self, name: str, epoch: str, log: ChannelLog) -> Channel:
         if len(self._channels) >= self._config.max_channels:
             if not self._idle:
                 raise HubFull(f"all {self._config.max_channels} channels are in use")
             self._evict(next(iter(self._idle)))
-        self._created += 1
-        epoch = self._run_id + to_base36(self._created)
-        log = ChannelLog(self._config.history_size, self._config.history_max_bytes)
         ch = self._channels[name] = Channel(name, epoch, log)
         self._idle[name] = None
         return ch
 
-    def _evict(self, name: str) -> None:
+    def drop(self, name: str) -> bool:
+        """Forget an idle channel (a backplane detaching from it); False if it is busy."""
+        if name not in self._idle:
+            return False
+        self._evict(name, notify=False)
+        return True
+
+    def _evict(self, name: str, *, notify: bool = True) -> None:
         ch = self._channels.pop(name)
         del self._idle[name]
         self.total_bytes -= ch.log.nbytes
         if ch in self._dirty:
             self._dirty.remove(ch)
+        if notify and self._on_evict is not None:
+            self._on_evict(name)
 
     def _became_busy(self, ch: Channel) -> None:
         self._idle.pop(ch.name, None)
@@ -217,6 +264,68 @@ class Hub:
                 self.total_bytes -= ch.log.trim_oldest()
             else:
                 return
+
+    # --- the shared history (backplane) ---------------------------------------------------
+
+    def accept(self, name: str, epoch: str, entry: Entry) -> bool:
+        """Take the next message of a shared history; False when `sync()` is needed first.
+
+        Duplicates (a seq already held) are dropped; a message from another epoch, or one
+        that leaves a hole after the head, means this copy is out of step.
+        """
+        ch = self._channels.get(name)
+        if ch is None or (entry.seq <= ch.log.head and epoch == ch.epoch):
+            return True  # not attached here, or already have it
+        if epoch != ch.epoch or entry.seq != ch.log.head + 1:
+            return False
+        self._append(ch, self._encode(ch, entry.seq, entry.data_json, entry.timestamp_ms))
+        return True
+
+    def sync(self, name: str, epoch: str, head: int, entries: list[Entry]) -> None:
+        """Bring `name` in line with a snapshot of the shared history.
+
+        `entries` are the newest messages, oldest first, ending at `head`. Missing messages
+        are appended when the snapshot covers them; otherwise (another epoch, or a hole the
+        snapshot no longer holds) the channel starts over and its readers get a reset.
+        """
+        ch = self._channels.get(name)
+        if ch is None:
+            self._fill(self._add(name, epoch, self._new_log(head)), head, entries)
+            return
+        self._flush_now(ch)
+        have = ch.log.head
+        covered = head == have or (bool(entries) and entries[0].seq <= have + 1)
+        if epoch != ch.epoch or head < have or not covered:
+            self._restart(ch, epoch, head, entries)
+            return
+        for entry in entries:
+            if entry.seq > ch.log.head:
+                self._append(ch, self._encode(ch, entry.seq, entry.data_json, entry.timestamp_ms))
+
+    def _fill(self, ch: Channel, head: int, entries: list[Entry]) -> None:
+        """Replace the log of `ch` with `entries` (a run ending at `head`)."""
+        self.total_bytes -= ch.log.nbytes
+        ch.log = self._new_log(entries[0].seq - 1 if entries else head)
+        for entry in entries:
+            message = self._encode(ch, entry.seq, entry.data_json, entry.timestamp_ms)
+            self.total_bytes += message.size - ch.log.append(message)
+        ch.flushed = ch.log.head
+
+    def _restart(self, ch: Channel, epoch: str, head: int, entries: list[Entry]) -> None:
+        """A new history lifetime: every reader's position is void, so each gets a reset."""
+        ch.epoch = epoch
+        self._fill(ch, head, entries)
+        for live in ch.live:
+            for sub, write in tuple(live.items()):
+                write(_reset_bytes(ch, sub.kind))
+        for sub in ch.paused:
+            sub.cursor = -1  # no log holds -1: the resume writes a reset
+        if ch.parked:
+            parked, ch.parked = ch.parked, {}
+            answer = PollAnswer([], ch.id_of(head), reset=True)
+            for waiter in parked:
+                waiter.wake(answer)
+            self._maybe_idle(ch)
 
     # --- fan-out ---------------------------------------------------------------------------
 
@@ -279,6 +388,7 @@ class Hub:
         if ch.live[sub.kind].pop(sub, None) is None and not sub.paused:
             return  # already gone
         sub.paused = False
+        ch.paused.pop(sub, None)
         ch.subscribers -= 1
         self._maybe_idle(ch)
 
@@ -287,6 +397,7 @@ class Hub:
         if sub.paused:
             return
         sub.paused = True
+        sub.channel.paused[sub] = None
         if sub.channel.live[sub.kind].pop(sub, None) is not None:
             sub.cursor = sub.channel.flushed
 
@@ -297,6 +408,7 @@ class Hub:
         ch = sub.channel
         self._flush_now(ch)
         sub.paused = False
+        ch.paused.pop(sub, None)
         if not ch.log.holds_after(sub.cursor):
             sub.cursor = ch.flushed
             sub.write(_reset_bytes(ch, sub.kind))
