@@ -35,7 +35,11 @@
  *   --channel NAME     channel (default bench)
  *   --pub ws|http      publisher kind (default: ws for ws, http otherwise)
  *   --timeout-ms MS    bounded wait per burst, and drain wait per rate phase
- *                      (default 10000); 3 timeouts in a row abort a phase
+ *                      (default 10000)
+ *   --stall-ms MS      a burst also ends when nothing arrives for this long
+ *                      (default 1000); it counts as a timeout
+ *   --max-timeouts N   this many timed-out bursts in a row abort a phase
+ *                      (default 3)
  *   --ready-timeout S  time allowed to open and confirm everyone (default 60)
  *   --settle-ms MS     quiet window before publishing (default 500); see
  *                      wait_settled() for what "quiet" means
@@ -95,7 +99,6 @@
 #define MAX_EVENTS 1024
 #define MAX_BATCH 1000
 #define STDIN_TAG 0xffffffffu
-#define CONSECUTIVE_TIMEOUTS_ABORT 3
 #define SEC 1000000000ull
 #define MS 1000000ull
 
@@ -120,6 +123,8 @@ static struct opts {
     const char *channel;
     int pub_ws;
     int timeout_ms;
+    int max_timeouts;
+    int stall_ms;
     int ready_timeout_s;
     int settle_ms;
     int server_pid;
@@ -204,7 +209,7 @@ static struct state {
     char *scratch;
     size_t scratch_cap;
     /* delivery bookkeeping */
-    uint64_t total_msgs, words;
+    uint64_t total_msgs, words, delivered;
     uint64_t *seen;       /* per-subscriber bitmap of received k */
     uint32_t *got;        /* per-k count of subscribers that have it */
     struct phase ph[MAX_PHASES];
@@ -481,6 +486,7 @@ static void deliver(struct conn *c, uint64_t k, uint64_t t) {
     }
     *w |= bit;
     S.got[k]++;
+    S.delivered++;
     ph->deliveries++;
     hist_add(&ph->h, S.now > t ? S.now - t : 0);
 }
@@ -1286,12 +1292,19 @@ static int burst_done(uint64_t k, uint64_t count) {
     return 1;
 }
 
-/* Waits (bounded) until every live subscriber has [k, k+count). */
+/* Waits until every live subscriber has [k, k+count), or timeout_ns pass,
+ * or nothing at all arrives for --stall-ms: a server that dropped a message
+ * for some subscriber will never complete the burst, and waiting the full
+ * timeout for each would only cost time (what arrives late still counts). */
 static int wait_burst(uint64_t k, uint64_t count, uint64_t timeout_ns) {
-    uint64_t deadline = now_ns() + timeout_ns;
+    uint64_t start = now_ns(), deadline = start + timeout_ns, stall = (uint64_t)O.stall_ms * MS;
+    uint64_t seen = S.delivered, last_progress = start;
     while (!burst_done(k, count)) {
-        if (S.stop || S.pub->stage == ST_CLOSED || now_ns() > deadline) return 0;
-        loop_once(deadline - now_ns() < 50 * MS ? deadline - now_ns() : 50 * MS);
+        uint64_t now = now_ns();
+        if (S.delivered != seen) seen = S.delivered, last_progress = now;
+        if (S.stop || S.pub->stage == ST_CLOSED || now > deadline || now - last_progress > stall)
+            return 0;
+        loop_once(deadline - now < 20 * MS ? deadline - now : 20 * MS);
     }
     return 1;
 }
@@ -1321,7 +1334,7 @@ static void run_fanout(struct phase *ph) {
             continue;
         }
         ph->timeouts++;
-        if (S.pub->stage == ST_CLOSED || ++misses >= CONSECUTIVE_TIMEOUTS_ABORT) {
+        if (S.pub->stage == ST_CLOSED || ++misses >= O.max_timeouts) {
             ph->aborted = 1;
             break;
         }
@@ -1459,7 +1472,7 @@ static void parse_args(int argc, char **argv) {
     O = (struct opts){.host = "127.0.0.1", .transport = T_WS, .mode = M_FANOUT, .subs = 100,
                       .messages = 100, .bursts = {1}, .nbursts = 1, .rates = {10000}, .nrates = 1,
                       .duration_s = 3, .size = 100, .channel = "bench", .pub_ws = -1,
-                      .timeout_ms = 10000, .ready_timeout_s = 60, .settle_ms = 500,
+                      .timeout_ms = 10000, .max_timeouts = 3, .stall_ms = 1000, .ready_timeout_s = 60, .settle_ms = 500,
                       .server_cpu = -1, .src_base = 2, .per_src = 10000, .window = 256, .hold_s = 600,
                       .max_s = 900};
     for (int i = 1; i < argc; i++) {
@@ -1486,6 +1499,8 @@ static void parse_args(int argc, char **argv) {
         else if (!strcmp(a, "--channel")) O.channel = v;
         else if (!strcmp(a, "--pub")) O.pub_ws = !strcmp(v, "ws");
         else if (!strcmp(a, "--timeout-ms")) O.timeout_ms = atoi(v);
+        else if (!strcmp(a, "--max-timeouts")) O.max_timeouts = atoi(v);
+        else if (!strcmp(a, "--stall-ms")) O.stall_ms = atoi(v);
         else if (!strcmp(a, "--ready-timeout")) O.ready_timeout_s = atoi(v);
         else if (!strcmp(a, "--settle-ms")) O.settle_ms = atoi(v);
         else if (!strcmp(a, "--server-pid")) O.server_pid = atoi(v);
