@@ -1,0 +1,1 @@
+"""Benchmarks for rawrt against peer servers (see bench/harness and bench/peers)."""

@@ -1,0 +1,266 @@
+"""python -m bench: run the scenarios against the servers, print and write
+the results.
+
+Order: for each repeat, the servers in turn (forward, then reversed, ...),
+each running every selected job on a fresh process.  Alternating the order
+spreads slow drifts of the machine evenly over the servers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import loadgen, report, scenarios
+from .chart import write_chart
+from .results import environment, write_results
+from .scenarios import SCENARIOS, SMOKE_SIZES, Context, Job, Sizes
+from .servers import ALL_SERVERS, SERVERS, availability
+
+__all__ = ["main"]
+
+ROOT = Path(__file__).resolve().parents[2]
+SMOKE_SERVERS = ("rawrt", "floor")
+# Rough seconds of fixed cost per job (start, connect, settle, stop), for
+# the time estimate only.
+OTHER_LOAD_WARN = 0.10
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _parser() -> argparse.ArgumentParser:
+    d = Sizes()
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--servers",
+        type=_csv,
+        help=f"comma list of {', '.join(ALL_SERVERS)} (default: all; with --smoke: rawrt,floor)",
+    )
+    p.add_argument(
+        "--scenarios",
+        type=_csv,
+        default=list(SCENARIOS),
+        help="comma list of " + ", ".join(SCENARIOS),
+    )
+    p.add_argument("--repeats", type=int, help="default 3; with --smoke 1")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny sizes, 1 repeat, rawrt and floor only: ~30 s, for CI",
+    )
+    p.add_argument("--ws-subscribers", type=int, default=d.ws_subscribers)
+    p.add_argument("--sse-subscribers", type=int, default=d.sse_subscribers)
+    p.add_argument("--poll-subscribers", type=int, default=d.poll_subscribers)
+    p.add_argument("--messages", type=int, default=d.messages, help="messages per fan-out phase")
+    p.add_argument("--burst", type=int, default=d.burst, help="burst size of the second phase")
+    p.add_argument("--idle-connections", type=int, default=d.idle_connections)
+    p.add_argument("--rate-subscribers", type=int, default=d.rate_subscribers)
+    p.add_argument(
+        "--rates",
+        type=_csv,
+        default=[str(r) for r in d.rates],
+        help="deliveries/s for the latency scenario",
+    )
+    p.add_argument("--rate-duration", type=float, default=d.rate_duration_s, help="seconds")
+    p.add_argument("--size", type=int, default=d.size, help="bytes of message data")
+    p.add_argument(
+        "--results",
+        type=Path,
+        help="default bench/RESULTS.md (with --smoke: bench/out/smoke/RESULTS.md)",
+    )
+    p.add_argument("--chart", type=Path, help="default: results.png beside the results")
+    p.add_argument("--out", type=Path, default=ROOT / "bench/out", help="raw data and logs")
+    return p
+
+
+def _sizes(args: argparse.Namespace) -> Sizes:
+    if args.smoke:
+        return SMOKE_SIZES
+    return Sizes(
+        args.ws_subscribers,
+        args.sse_subscribers,
+        args.poll_subscribers,
+        args.messages,
+        args.burst,
+        args.idle_connections,
+        args.rate_subscribers,
+        tuple(int(r) for r in args.rates),
+        args.rate_duration,
+        args.size,
+    )
+
+
+def _resolve(args: argparse.Namespace) -> None:
+    if args.servers is None:
+        args.servers = list(SMOKE_SERVERS if args.smoke else ALL_SERVERS)
+    if args.repeats is None:
+        args.repeats = 1 if args.smoke else 3
+    if args.results is None:
+        args.results = ROOT / ("bench/out/smoke/RESULTS.md" if args.smoke else "bench/RESULTS.md")
+    if args.chart is None:
+        args.chart = args.results.with_name("results.png")
+    unknown = [s for s in args.servers if s not in SERVERS]
+    bad = [s for s in args.scenarios if s not in SCENARIOS and s not in scenarios.ALIASES]
+    if unknown or bad:
+        raise SystemExit(f"unknown servers {unknown} or scenarios {bad}")
+
+
+def _usable_servers(names: list[str]) -> list[str]:
+    usable = []
+    for name in names:
+        why = availability(name, ROOT)
+        if why:
+            print(f"bench: skipping {name}: {why}", flush=True)
+        else:
+            usable.append(name)
+    return usable
+
+
+def _describe(rows: list[dict[str, Any]]) -> str:
+    parts = []
+    for r in rows:
+        if "bytes_per_conn" in r:
+            per = r["bytes_per_conn"]
+            parts.append(f"{r['ready']} conns, {per:,.0f} B/conn" if per is not None else "no RSS")
+            continue
+        parts.append(
+            f"{r['case'].split()[-1]}: {r['deliveries_per_s']:,.0f}/s "
+            f"{r['cpu_us']:.2f}µs p99 {r['p99_us'] / 1000:.1f}ms lost {r['lost']:,.0f}"
+        )
+    return " | ".join(parts)
+
+
+def _run_one(
+    ctx: Context, server: str, rep: int, job: Job, failures: list[str]
+) -> list[dict[str, Any]]:
+    started = time.monotonic()
+    try:
+        rows = scenarios.run_job(ctx, SERVERS[server], rep, job)
+    except (loadgen.LoadgenError, OSError, ValueError, KeyError) as exc:
+        failures.append(f"{server} {job.label} repeat {rep}: {exc}")
+        print(f"  {server:<10} {job.label:<18} FAILED: {exc}", flush=True)
+        return []
+    took = time.monotonic() - started
+    print(f"  {server:<10} {job.label:<18} {took:5.1f}s  {_describe(rows)}", flush=True)
+    return rows
+
+
+def _run_all(
+    ctx: Context, servers: list[str], jobs: list[Job], repeats: int, failures: list[str]
+) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = []
+    for rep in range(repeats):
+        order = servers if rep % 2 == 0 else servers[::-1]
+        print(f"bench: repeat {rep + 1}/{repeats}: {', '.join(order)}", flush=True)
+        for server in order:
+            for job in jobs:
+                if job.transport in SERVERS[server].transports:
+                    records += _run_one(ctx, server, rep, job, failures)
+    return records
+
+
+def _notes(records: list[dict[str, Any]], servers: list[str], failures: list[str]) -> list[str]:
+    notes = []
+    shares = [r["loadgen_share"] for r in records if r.get("loadgen_share") is not None]
+    if shares:
+        notes.append(
+            f"Load generator CPU share during measured phases: {min(shares):.0%} to "
+            f"{max(shares):.0%} of CPU 1 (never saturated means never the bottleneck)."
+        )
+    noisy = sorted(
+        {
+            f"{r['server']} {r['case']}"
+            for r in records
+            if (r.get("other_load") or 0) > OTHER_LOAD_WARN
+        }
+    )
+    if noisy:
+        notes.append(
+            f"Other load above {OTHER_LOAD_WARN:.0%} of the server core during: "
+            + ", ".join(noisy)
+            + ". Those figures are less trustworthy."
+        )
+    skipped = [s for s in ALL_SERVERS if s not in servers]
+    if skipped:
+        notes.append("Not measured: " + ", ".join(skipped) + ".")
+    notes += [f"Failed: {f}" for f in failures]
+    return notes
+
+
+def _save_raw(
+    out: Path, records: list[dict[str, Any]], env: dict[str, Any], args: argparse.Namespace
+) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"raw-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    sizes = dataclasses.asdict(_sizes(args))
+    path.write_text(json.dumps({"env": env, "sizes": sizes, "records": records}, indent=1))
+    return path
+
+
+def _report(
+    args: argparse.Namespace,
+    servers: list[str],
+    records: list[dict[str, Any]],
+    failures: list[str],
+    command: str,
+) -> None:
+    env = environment(ROOT)
+    raw = _save_raw(args.out, records, env, args)
+    summary = report.summarize(records, servers)
+    burst = _sizes(args).burst
+    if "rawrt" in servers:
+        print("\n## Targets (rawrt)\n\n" + report.targets_table(summary, burst))
+    for title, md in report.tables(summary):
+        print(f"\n## {title}\n\n{md}")
+    skipped = write_chart(summary, args.chart, [env["date"], f"{env['cores']} cores"])
+    chart_note = skipped or "installed with pip install matplotlib"
+    if skipped:
+        print(f"bench: {skipped}", file=sys.stderr)
+    notes = [
+        *_notes(records, servers, failures),
+        f"Raw data: {raw.name} (in the bench output folder, not committed).",
+    ]
+    write_results(
+        args.results,
+        summary,
+        env,
+        command,
+        burst,
+        notes,
+        None if skipped else args.chart,
+        chart_note,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser().parse_args(argv)
+    _resolve(args)
+    started = time.monotonic()
+    try:
+        binary = loadgen.build(ROOT)
+    except loadgen.LoadgenError as exc:
+        print(f"bench: cannot build the load generator: {exc}", file=sys.stderr)
+        return 2
+    servers = _usable_servers(args.servers)
+    if not servers:
+        print("bench: no server to measure", file=sys.stderr)
+        return 2
+    ctx = Context(ROOT, binary, _sizes(args), args.out)
+    failures: list[str] = []
+    records = _run_all(ctx, servers, scenarios.jobs_for(args.scenarios), args.repeats, failures)
+    _report(args, servers, records, failures, shlex.join(["python", "-m", "bench", *argv]))
+    print(f"bench: done in {time.monotonic() - started:.0f} s", flush=True)
+    return 1 if failures else 0
