@@ -97,7 +97,7 @@ class PollAnswer:
 class Subscription:
     """One subscriber's place in one channel."""
 
-    __slots__ = ("channel", "cursor", "kind", "paused", "write")
+    __slots__ = ("channel", "cursor", "gone", "kind", "paused", "write")
 
     def __init__(self, channel: Channel, kind: int, write: Write) -> None:
         self.channel = channel
@@ -105,6 +105,7 @@ class Subscription:
         self.write = write
         self.cursor = 0  # meaningful only while paused: seq of the last message written
         self.paused = False
+        self.gone = False  # unsubscribed: a later pause() must not count it again
 
 
 class Channel:
@@ -263,7 +264,14 @@ class Hub:
             elif len(ch.log) > 1:
                 self.total_bytes -= ch.log.trim_oldest()
             else:
-                return
+                # Then other busy channels' history, oldest channel first (their paused
+                # readers get a reset): stopping here let channels with listeners hold up to
+                # max_channels times a message each, far past history_total_bytes.
+                others = (c for c in self._channels.values() if c is not ch and len(c.log))
+                other = next(others, None)
+                if other is None:
+                    return
+                self.total_bytes -= other.log.trim_oldest()
 
     # --- the shared history (backplane) ---------------------------------------------------
 
@@ -387,6 +395,7 @@ class Hub:
         ch = sub.channel
         if ch.live[sub.kind].pop(sub, None) is None and not sub.paused:
             return  # already gone
+        sub.gone = True
         sub.paused = False
         ch.paused.pop(sub, None)
         ch.subscribers -= 1
@@ -394,7 +403,10 @@ class Hub:
 
     def pause(self, sub: Subscription) -> None:
         """Stop writing to `sub`; it keeps its place as a cursor."""
-        if sub.paused:
+        # Not after unsubscribe(): marking a gone subscription paused made the next
+        # unsubscribe() count it out twice (subscribers < 0: the channel never idle again)
+        # and the next resume() make it live again.
+        if sub.paused or sub.gone:
             return
         sub.paused = True
         sub.channel.paused[sub] = None

@@ -92,11 +92,13 @@ def parse_data(raw: bytes | str) -> Any:
 
 def canonical_json(value: Any) -> str:
     """Compact JSON whose text has no raw CR or LF, so it fits one SSE `data:` line."""
+    # allow_nan=False: NaN and Infinity are not JSON (parse_data refuses them too), so a value
+    # holding one raises ValueError here instead of reaching clients as text they cannot parse.
     try:
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         text.encode()  # a lone surrogate (from a "\\ud800" escape) cannot be UTF-8 ...
     except UnicodeEncodeError:
-        text = json.dumps(value, separators=(",", ":"))  # ... so keep it escaped
+        text = json.dumps(value, separators=(",", ":"), allow_nan=False)  # ... so keep it escaped
     except RecursionError:
         raise BadMessage("JSON nested too deeply") from None
     return text
@@ -133,7 +135,9 @@ def _channel(obj: dict[str, Any], max_bytes: int) -> str:
 
 
 def _q(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)
+    # canonical_json, not a bare json.dumps: a channel name may hold a lone surrogate (from a
+    # "\\ud800" escape in a client's JSON), which must stay escaped to be encodable as UTF-8.
+    return canonical_json(text)
 
 
 def message(channel_json: str, data_json: str, timestamp_ms: int, message_id: str) -> str:
