@@ -14,10 +14,11 @@ import json
 import shlex
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import loadgen, report, scenarios
+from . import loadgen, procs, report, scenarios
 from .chart import write_chart
 from .results import environment, write_results
 from .scenarios import SCENARIOS, SMOKE_SIZES, Context, Job, Sizes
@@ -27,9 +28,10 @@ __all__ = ["main"]
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE_SERVERS = ("rawrt", "floor")
-# Rough seconds of fixed cost per job (start, connect, settle, stop), for
-# the time estimate only.
+# Share of the server core used by others during a phase that makes it noisy.
 OTHER_LOAD_WARN = 0.10
+# Busy share of a CPU, with nothing of ours running, that makes a run noisy.
+BUSY_WARN = 0.10
 
 
 def _csv(text: str) -> list[str]:
@@ -142,38 +144,53 @@ def _describe(rows: list[dict[str, Any]]) -> str:
     return " | ".join(parts)
 
 
-def _run_one(
-    ctx: Context, server: str, rep: int, job: Job, failures: list[str]
-) -> list[dict[str, Any]]:
-    started = time.monotonic()
-    try:
-        rows = scenarios.run_job(ctx, SERVERS[server], rep, job)
-    except (loadgen.LoadgenError, OSError, ValueError, KeyError) as exc:
-        failures.append(f"{server} {job.label} repeat {rep}: {exc}")
-        print(f"  {server:<10} {job.label:<18} FAILED: {exc}", flush=True)
-        return []
-    took = time.monotonic() - started
-    print(f"  {server:<10} {job.label:<18} {took:5.1f}s  {_describe(rows)}", flush=True)
-    return rows
+@dataclass
+class Run:
+    """What one invocation gathers as it goes."""
+
+    ctx: Context
+    records: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)
+
+    def job(self, server: str, rep: int, job: Job) -> None:
+        started = time.monotonic()
+        try:
+            rows = scenarios.run_job(self.ctx, SERVERS[server], rep, job)
+        except (loadgen.LoadgenError, OSError, ValueError, KeyError) as exc:
+            self.failures.append(f"{server} {job.label} repeat {rep}: {exc}")
+            print(f"  {server:<10} {job.label:<18} FAILED: {exc}", flush=True)
+            return
+        took = time.monotonic() - started
+        print(f"  {server:<10} {job.label:<18} {took:5.1f}s  {_describe(rows)}", flush=True)
+        self.records += rows
+
+    def check_quiet(self) -> None:
+        """Other people's work on the machine skews every figure: say so."""
+        busy = procs.machine_busy([0, 1])
+        text = ", ".join(f"CPU {i} {b:.0%}" for i, b in enumerate(busy))
+        if max(busy) > BUSY_WARN:
+            print(f"bench: WARNING: the machine is busy with other work ({text})", flush=True)
+        self.busy.append(text)
+
+    def all(self, servers: list[str], jobs: list[Job], repeats: int) -> None:
+        for rep in range(repeats):
+            self.check_quiet()
+            order = servers if rep % 2 == 0 else servers[::-1]
+            print(f"bench: repeat {rep + 1}/{repeats}: {', '.join(order)}", flush=True)
+            for server in order:
+                for job in jobs:
+                    if job.transport in SERVERS[server].transports:
+                        self.job(server, rep, job)
 
 
-def _run_all(
-    ctx: Context, servers: list[str], jobs: list[Job], repeats: int, failures: list[str]
-) -> list[dict[str, Any]]:
-    records: list[dict[str, Any]] = []
-    for rep in range(repeats):
-        order = servers if rep % 2 == 0 else servers[::-1]
-        print(f"bench: repeat {rep + 1}/{repeats}: {', '.join(order)}", flush=True)
-        for server in order:
-            for job in jobs:
-                if job.transport in SERVERS[server].transports:
-                    records += _run_one(ctx, server, rep, job, failures)
-    return records
-
-
-def _notes(records: list[dict[str, Any]], servers: list[str], failures: list[str]) -> list[str]:
-    notes = []
-    shares = [r["loadgen_share"] for r in records if r.get("loadgen_share") is not None]
+def _notes(run: Run, servers: list[str]) -> list[str]:
+    notes = [
+        "With nothing of the bench running, before each repeat, the CPUs were busy: "
+        + "; ".join(run.busy)
+        + "."
+    ]
+    shares = [r["loadgen_share"] for r in run.records if r.get("loadgen_share") is not None]
     if shares:
         notes.append(
             f"Load generator CPU share during measured phases: {min(shares):.0%} to "
@@ -182,7 +199,7 @@ def _notes(records: list[dict[str, Any]], servers: list[str], failures: list[str
     noisy = sorted(
         {
             f"{r['server']} {r['case']}"
-            for r in records
+            for r in run.records
             if (r.get("other_load") or 0) > OTHER_LOAD_WARN
         }
     )
@@ -195,7 +212,7 @@ def _notes(records: list[dict[str, Any]], servers: list[str], failures: list[str
     skipped = [s for s in ALL_SERVERS if s not in servers]
     if skipped:
         notes.append("Not measured: " + ", ".join(skipped) + ".")
-    notes += [f"Failed: {f}" for f in failures]
+    notes += [f"Failed: {f}" for f in run.failures]
     return notes
 
 
@@ -209,16 +226,10 @@ def _save_raw(
     return path
 
 
-def _report(
-    args: argparse.Namespace,
-    servers: list[str],
-    records: list[dict[str, Any]],
-    failures: list[str],
-    command: str,
-) -> None:
+def _report(args: argparse.Namespace, servers: list[str], run: Run, command: str) -> None:
     env = environment(ROOT)
-    raw = _save_raw(args.out, records, env, args)
-    summary = report.summarize(records, servers)
+    raw = _save_raw(args.out, run.records, env, args)
+    summary = report.summarize(run.records, servers)
     burst = _sizes(args).burst
     if "rawrt" in servers:
         print("\n## Targets (rawrt)\n\n" + report.targets_table(summary, burst))
@@ -229,7 +240,7 @@ def _report(
     if skipped:
         print(f"bench: {skipped}", file=sys.stderr)
     notes = [
-        *_notes(records, servers, failures),
+        *_notes(run, servers),
         f"Raw data: {raw.name} (in the bench output folder, not committed).",
     ]
     write_results(
@@ -258,9 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     if not servers:
         print("bench: no server to measure", file=sys.stderr)
         return 2
-    ctx = Context(ROOT, binary, _sizes(args), args.out)
-    failures: list[str] = []
-    records = _run_all(ctx, servers, scenarios.jobs_for(args.scenarios), args.repeats, failures)
-    _report(args, servers, records, failures, shlex.join(["python", "-m", "bench", *argv]))
+    run = Run(Context(ROOT, binary, _sizes(args), args.out))
+    run.all(servers, scenarios.jobs_for(args.scenarios), args.repeats)
+    _report(args, servers, run, shlex.join(["python", "-m", "bench", *argv]))
     print(f"bench: done in {time.monotonic() - started:.0f} s", flush=True)
-    return 1 if failures else 0
+    return 1 if run.failures else 0

@@ -22,6 +22,7 @@ __all__ = [
     "core_busy_s",
     "cpu_seconds",
     "free_port",
+    "machine_busy",
     "rss_bytes",
     "start",
     "wait_listening",
@@ -29,7 +30,7 @@ __all__ = [
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # How long a server gets to exit after SIGTERM before SIGKILL.
-STOP_GRACE_S = 5.0
+STOP_GRACE_S = 3.0
 
 
 @dataclass
@@ -125,6 +126,14 @@ def rss_bytes(pid: int) -> int | None:
     except OSError:
         return None
     return None
+
+
+def machine_busy(cpus: Sequence[int], window_s: float = 1.0) -> list[float]:
+    """Share of each CPU busy over a short window, before the bench starts
+    anything: other people's work on the machine skews every figure."""
+    before = [core_busy_s(c) or 0.0 for c in cpus]
+    time.sleep(window_s)
+    return [((core_busy_s(c) or 0.0) - b) / window_s for c, b in zip(cpus, before, strict=True)]
 
 
 def core_busy_s(cpu: int) -> float | None:

@@ -98,7 +98,8 @@ the largest over the repeats.  "other load on server core" is CPU 0's busy
 time not charged to the server (other processes, kernel threads), as a
 share of the phase: high values mean a noisy run.  A latency row is
 "sustained" when nothing was lost and the last message reached every
-subscriber within 250 ms of being published."""
+subscriber within 250 ms of being published; there, what had not arrived
+2 s after publishing stopped counts as lost."""
 
 
 def write_results(

@@ -24,6 +24,7 @@ START_TIMEOUT_S = 30.0
 # within this long after it was published; a longer drain means a backlog
 # grew while publishing.
 DRAIN_OK_MS = 250.0
+RATE_DRAIN_MS = 2000
 # Idle connections are held this long at most (the harness releases them as
 # soon as it has read the server's RSS).
 IDLE_HOLD_S = 300
@@ -35,14 +36,14 @@ class Sizes:
     ws_subscribers: int = 5000
     sse_subscribers: int = 2000
     poll_subscribers: int = 2000
-    messages: int = 30
+    messages: int = 20
     burst: int = 10
     idle_connections: int = 15000
     rate_subscribers: int = 1000
     rates: tuple[int, ...] = (10000, 100000)
-    rate_duration_s: float = 3.0
+    rate_duration_s: float = 2.0
     size: int = 100
-    settle_ms: int = 500  # quiet window before publishing (see loadgen.c)
+    settle_ms: int = 300  # quiet window before publishing (see loadgen.c)
 
 
 SMOKE_SIZES = Sizes(
@@ -229,8 +230,10 @@ def _rate_args(sizes: Sizes) -> list[str]:
         ",".join(str(r) for r in sizes.rates),
         "--duration",
         str(sizes.rate_duration_s),
+        # Messages not delivered within 2 s after publishing stops count as
+        # lost: the server could not sustain the rate.
         "--timeout-ms",
-        "3000",
+        str(RATE_DRAIN_MS),
     ]
 
 
