@@ -92,6 +92,19 @@ class Config:
     redis_url: str | None = None
     # Processes sharing the port with SO_REUSEPORT; more than one requires redis_url.
     workers: int = 1
+    # Prefix of every Redis key and pub/sub channel rawrt uses.
+    redis_prefix: str = "rawrt"
+    # A Redis command (publish, history fetch) that takes longer fails: publishes answer 503
+    # within this rather than hang.
+    redis_timeout_s: float = 2.0
+    # A node keeps its subscription to a channel this long after its last local subscriber
+    # left, so long pollers between two polls do not resubscribe every time.
+    redis_linger_s: float = 10.0
+    # Shared history of a channel nobody publishes to expires after this (0: never); a
+    # later resume from it gets a reset.
+    redis_history_ttl_s: int = 86_400
+    # Publishes queued for Redis at once; past this they are refused with 503.
+    max_pending_publishes: int = 10_000
 
     log_level: str = "info"
 
@@ -131,6 +144,8 @@ def _problems(c: Config) -> list[str]:
         "write_high_water",
         "catch_up_chunk_bytes",
         "workers",
+        "redis_timeout_s",
+        "max_pending_publishes",
     )
     for name in positive:
         if getattr(c, name) <= 0:
@@ -141,6 +156,8 @@ def _problems(c: Config) -> list[str]:
         found.append("write_low_water must be at least 0 and below write_high_water")
     if c.poll_timeout_s > c.poll_max_timeout_s:
         found.append("poll_timeout_s must not exceed poll_max_timeout_s")
+    if c.redis_linger_s < 0 or c.redis_history_ttl_s < 0:
+        found.append("redis_linger_s and redis_history_ttl_s must not be negative")
     if c.sse_retry_ms < 0:
         found.append("sse_retry_ms must not be negative")
     if c.shutdown_timeout_s < 0:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
@@ -32,9 +32,13 @@ if TYPE_CHECKING:
     from rawrt.config import Config
     from rawrt.server import Server
 
-__all__ = ["HttpConnection", "Request"]
+__all__ = ["HttpConnection", "Reply", "Request"]
 
 log = logging.getLogger("rawrt")
+
+# What a route handler gives back: response bytes, None once it has taken the socket over,
+# or (when it must wait for a backplane) an awaitable of either.
+Reply = bytes | None
 
 
 @dataclass(slots=True)
@@ -60,7 +64,16 @@ class Request:
 class HttpConnection(asyncio.Protocol):
     """One TCP connection while it speaks plain HTTP/1.1."""
 
-    __slots__ = ("_body", "_parser", "_receiving", "_request", "_server", "_timer", "_transport")
+    __slots__ = (
+        "_body",
+        "_parser",
+        "_receiving",
+        "_request",
+        "_server",
+        "_timer",
+        "_transport",
+        "_waiting",
+    )
 
     def __init__(self, server: Server) -> None:
         self._server = server
@@ -70,6 +83,7 @@ class HttpConnection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._timer: asyncio.TimerHandle | None = None
         self._receiving = False  # a request has begun to arrive: its deadline runs
+        self._waiting: asyncio.Future[Reply] | None = None  # an answer being worked out
 
     def _new_parser(self, trailing: bytes) -> h11.Connection:
         parser = h11.Connection(
@@ -110,6 +124,11 @@ class HttpConnection(asyncio.Protocol):
             return
         self._begin_receiving()
         self._parser.receive_data(data)
+        if self._waiting is not None and len(self._parser.trailing_data[0]) > (
+            self._server.config.max_pending_input_bytes
+        ):
+            self._refuse(HttpError(400, "too much pipelined input"))
+            return
         self._process()
 
     def eof_received(self) -> bool | None:
@@ -124,7 +143,7 @@ class HttpConnection(asyncio.Protocol):
 
     def shutdown(self) -> None:
         """Server stop: an idle connection closes now, a busy one after its response."""
-        if self._transport is not None and not self._receiving:
+        if self._transport is not None and not self._receiving and self._waiting is None:
             self._transport.close()
 
     def abort(self) -> None:
@@ -187,30 +206,57 @@ class HttpConnection(asyncio.Protocol):
         self._cancel_timer()
         request = _request_of(event, b"".join(self._body))
         self._body = []
-        trailing = self._parser.trailing_data[0]
         try:
             handler, channel = self._server.router.resolve(request)
             reply = handler(request, self, channel)
         except HttpError as exc:
-            # The whole request has been read, so the connection can go on after this.
-            headers = (*exc.headers, *self._server.cors_headers)
-            reply = http.error_response(
-                exc.status, exc.detail, headers=headers, keep_alive=request.keep_alive
-            )
-        if reply is None:
-            return  # the handler took the connection over
-        self.send(reply, request.keep_alive, trailing)
+            reply = self._error_reply(exc, request)
+        if isinstance(reply, bytes):
+            self.send(reply, request.keep_alive)
+        elif reply is not None:
+            self._await_reply(reply, request)
+        # else: the handler took the connection over
 
-    def send(self, reply: bytes, keep_alive: bool, trailing: bytes = b"") -> None:
+    def _error_reply(self, exc: HttpError, request: Request) -> bytes:
+        # The whole request has been read, so the connection can go on after this.
+        headers = (*exc.headers, *self._server.cors_headers)
+        return http.error_response(
+            exc.status, exc.detail, headers=headers, keep_alive=request.keep_alive
+        )
+
+    def _await_reply(self, reply: Awaitable[Reply], request: Request) -> None:
+        """A handler that must wait (for Redis): answer when it is done, in order."""
+        waiting = self._waiting = asyncio.ensure_future(reply)
+        waiting.add_done_callback(lambda _: self._reply_ready(waiting, request))
+
+    def _reply_ready(self, waiting: asyncio.Future[Reply], request: Request) -> None:
+        self._waiting = None
+        try:
+            reply = waiting.result()
+        except HttpError as exc:
+            reply = self._error_reply(exc, request)
+        except Exception:
+            log.exception("bug while serving a request (connection %x)", id(self))
+            reply = self._error_reply(HttpError(500, "internal error"), request)
+        if reply is not None:
+            self.send(reply, request.keep_alive)
+            self._process()  # requests pipelined behind this one
+
+    @property
+    def is_open(self) -> bool:
+        return self._transport is not None
+
+    def send(self, reply: bytes, keep_alive: bool) -> None:
         """Write a complete response, then wait for the next request or close."""
         transport = self._transport
         if transport is None:
             return
         transport.write(reply)
-        if not keep_alive:
+        if not keep_alive or self._server.stopping:
             transport.close()
             self._transport = None
             return
+        trailing = self._parser.trailing_data[0]
         self._parser = self._new_parser(trailing)
         if trailing:
             self._begin_receiving()  # the next request has begun (pipelining)

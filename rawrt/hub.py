@@ -193,6 +193,21 @@ class Hub:
         ch = self._channels.get(name)
         return ch is None or ch.idle
 
+    def is_ahead(self, name: str, message_id: str) -> bool:
+        """True when `message_id` is of this channel's epoch but newer than its head.
+
+        With a backplane that means this node has not heard of that message yet (a client
+        saw it through another node); alone, that such an id is not ours.
+        """
+        ch = self._channels.get(name)
+        parsed = parse_id(message_id)
+        return (
+            ch is not None
+            and parsed is not None
+            and parsed[0] == ch.epoch
+            and (parsed[1] > ch.log.head)
+        )
+
     def _new_log(self, head: int) -> ChannelLog:
         return ChannelLog(self._config.history_size, self._config.history_max_bytes, head)
 

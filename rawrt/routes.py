@@ -3,19 +3,22 @@
 The table is literal data: method, path pattern (`CHANNEL` matches one non-empty segment),
 handler. A path that matches with another method gets 405 and an Allow header; OPTIONS on a
 known path gets the CORS preflight answer; anything else is 404. Each handler returns the
-response bytes, or None when it has handed the connection to a transport.
+response bytes, None when it has handed the connection to a transport, or, when it must
+wait for the backplane (a publish numbered by Redis, a channel being synced), an awaitable
+of either.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from rawrt.connection import HttpConnection, Request
-from rawrt.errors import BadMessage, HttpError
-from rawrt.hub import HubFull, PollAnswer
+from rawrt.connection import HttpConnection, Reply, Request
+from rawrt.errors import BackplaneUnavailable, BadMessage, HttpError
+from rawrt.hub import HubFull, NotAttached, PollAnswer
 from rawrt.transports.longpoll import ParkedPoll, poll_response
-from rawrt.transports.sse import EventStream
+from rawrt.transports.sse import EventStream, stream_unavailable
 from rawrt.transports.websocket import ChannelSocket, EchoSocket, WebSocketSession
 from rawrt.wire import envelope, handshake, http
 
@@ -25,7 +28,8 @@ if TYPE_CHECKING:
 __all__ = ["Router"]
 
 CHANNEL = "{channel}"
-Handler = Callable[[Request, HttpConnection, str], "bytes | None"]
+AnyReply = Reply | Awaitable[Reply]
+Handler = Callable[[Request, HttpConnection, str], AnyReply]
 
 ROUTES: tuple[tuple[bytes, tuple[str, ...], str], ...] = (
     (b"GET", ("ws",), "websocket"),
@@ -82,13 +86,13 @@ class Router:
         kind(self._server, transport).start(pending)
         return None
 
-    def _broadcast(self, request: Request, conn: HttpConnection, channel: str) -> bytes:
+    def _broadcast(self, request: Request, conn: HttpConnection, channel: str) -> AnyReply:
         return self._publish_reply(request, channel, "sent")
 
-    def _publish(self, request: Request, conn: HttpConnection, channel: str) -> bytes:
+    def _publish(self, request: Request, conn: HttpConnection, channel: str) -> AnyReply:
         return self._publish_reply(request, channel, "published")
 
-    def _publish_reply(self, request: Request, channel: str, flag: str) -> bytes:
+    def _publish_reply(self, request: Request, channel: str, flag: str) -> AnyReply:
         self._check_channel(channel)
         if not request.body.strip():
             raise HttpError(400, "the body must be the message data, as JSON")
@@ -96,38 +100,106 @@ class Router:
             data = envelope.canonical_json(envelope.parse_data(request.body))
         except BadMessage as exc:
             raise HttpError(400, exc.reason) from None
-        message_id = self._publish_json(channel, data)
+        try:
+            result = self._server.publish_json(channel, data)
+        except HubFull as exc:
+            raise HttpError(503, str(exc)) from None
+        if isinstance(result, str):
+            return self._json(request, {flag: True, "id": result})
+        return self._published_later(result, request, flag)
+
+    async def _published_later(
+        self, result: asyncio.Future[str], request: Request, flag: str
+    ) -> bytes:
+        try:
+            message_id = await result
+        except BackplaneUnavailable as exc:
+            raise HttpError(503, str(exc)) from None
         return self._json(request, {flag: True, "id": message_id})
 
-    def _publish_json(self, channel: str, data: str) -> str:
-        try:
-            return self._server.publish_json(channel, data)
-        except HubFull as exc:
-            raise HttpError(503, str(exc)) from None
-
-    def _sse(self, request: Request, conn: HttpConnection, channel: str) -> bytes | None:
+    def _sse(self, request: Request, conn: HttpConnection, channel: str) -> AnyReply:
         self._check_channel(channel)
         header = request.header(b"last-event-id")
-        last_id = (
-            header.decode("latin-1") if header is not None else request.query.get("lastEventId")
+        last_id = header.decode("latin-1") if header is not None else None
+        last_id = last_id or request.query.get("lastEventId") or None
+        return self._when_attached(
+            channel,
+            last_id,
+            lambda: self._open_stream(conn, channel, last_id),
+            self._sse_unavailable,
         )
+
+    def _open_stream(self, conn: HttpConnection, channel: str, last_id: str | None) -> Reply:
         self._server.hub.head_id(channel)  # raises HubFull before the socket changes hands
         transport, _ = conn.take_over()
-        EventStream(self._server, transport).open(channel, last_id or None)
+        EventStream(self._server, transport).open(channel, last_id)
         return None
 
-    def _poll(self, request: Request, conn: HttpConnection, channel: str) -> bytes | None:
+    def _sse_unavailable(self, exc: Exception) -> bytes:
+        # NOTES: any status but 200 stops EventSource for good. A 200 that ends at once makes
+        # it reconnect after `retry`, which is what a client should do while we cannot serve.
+        return stream_unavailable(self._server.cors_headers, str(exc))
+
+    def _poll(self, request: Request, conn: HttpConnection, channel: str) -> AnyReply:
         self._check_channel(channel)
         timeout_s = self._poll_timeout(request.query.get("timeout"))
-        try:
-            ready = self._server.hub.poll(channel, request.query.get("since") or None)
-        except HubFull as exc:
-            raise HttpError(503, str(exc)) from None
+        since = request.query.get("since") or None
+        return self._when_attached(
+            channel, since, lambda: self._poll_now(request, conn, channel, since, timeout_s), None
+        )
+
+    def _poll_now(
+        self,
+        request: Request,
+        conn: HttpConnection,
+        channel: str,
+        since: str | None,
+        timeout_s: float,
+    ) -> Reply:
+        ready = self._server.hub.poll(channel, since)
         if isinstance(ready, PollAnswer):
             return poll_response(self._server, ready, request.keep_alive)
         transport, pending = conn.take_over()
         ParkedPoll(self._server, transport, channel, request.keep_alive).park(pending, timeout_s)
         return None
+
+    def _when_attached(
+        self,
+        channel: str,
+        since: str | None,
+        then: Callable[[], Reply],
+        unavailable: Callable[[Exception], bytes] | None,
+    ) -> AnyReply:
+        """Run `then` once `channel` is usable here: now, or after the backplane synced it."""
+        pending = self._server.attach(channel, since)
+        if pending is None:
+            return self._guarded(then, unavailable)
+        return self._after_attach(pending, channel, then, unavailable)
+
+    async def _after_attach(
+        self,
+        pending: asyncio.Future[None],
+        channel: str,
+        then: Callable[[], Reply],
+        unavailable: Callable[[Exception], bytes] | None,
+    ) -> Reply:
+        try:
+            await pending
+        except BackplaneUnavailable as exc:
+            if unavailable is not None:
+                return unavailable(exc)
+            raise HttpError(503, str(exc)) from None
+        return self._guarded(then, unavailable)
+
+    def _guarded(
+        self, then: Callable[[], Reply], unavailable: Callable[[Exception], bytes] | None
+    ) -> Reply:
+        try:
+            return then()
+        except (HubFull, NotAttached) as exc:
+            if unavailable is not None:
+                return unavailable(exc)
+            raise HttpError(503, f"channel unavailable: {exc}") from None
 
     def _poll_timeout(self, text: str | None) -> float:
         config = self._server.config

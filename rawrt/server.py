@@ -20,6 +20,7 @@ import secrets
 import time
 from typing import Any
 
+from rawrt.backplane import Backplane, LocalBackplane
 from rawrt.config import Config
 from rawrt.connection import HttpConnection
 from rawrt.hub import Hub
@@ -60,6 +61,7 @@ class Server:
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._next_heartbeat = 0.0
         self._drained: asyncio.Event | None = None
+        self.backplane = _backplane_for(self.config)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -68,7 +70,14 @@ class Server:
         loop = self._loop = asyncio.get_running_loop()
         # Six base-36 digits, fixed width, so that epochs of different runs never collide.
         run_id = to_base36(secrets.randbits(31)).rjust(6, "0")
-        self.hub = Hub(self.config, run_id, self._schedule_flush)
+        self.hub = Hub(
+            self.config,
+            run_id,
+            self._schedule_flush,
+            assigns_ids=self.backplane.assigns_ids_locally,
+            on_evict=self.backplane.on_evict,
+        )
+        await self.backplane.start(self.hub)
         self._listener = await loop.create_server(
             lambda: HttpConnection(self),
             self.config.host,
@@ -101,6 +110,7 @@ class Server:
                 for conn in list(self._connections):
                     conn.abort()
         self._connections.clear()
+        await self.backplane.stop()
 
     async def serve_forever(self) -> None:
         """Start if needed and serve until cancelled."""
@@ -131,17 +141,26 @@ class Server:
     @property
     def ready(self) -> bool:
         """Listening and not stopping (and, with a backplane, connected to it)."""
-        return self._listener is not None and not self.stopping
+        return self._listener is not None and not self.stopping and self.backplane.ready
 
     # --- publishing ------------------------------------------------------------------------
 
     async def publish(self, channel: str, data: object) -> str:
-        """Publish `data` (anything JSON can hold) to `channel`; returns the message id."""
-        return self.publish_json(channel, envelope.canonical_json(data))
+        """Publish `data` (anything JSON can hold) to `channel`; returns the message id.
 
-    def publish_json(self, channel: str, data_json: str) -> str:
-        """Publish data already in canonical JSON; returns the message id."""
-        return self.hub.publish(channel, data_json, int(time.time() * 1000)).id
+        Raises BackplaneUnavailable when a backplane cannot take it, HubFull when every
+        channel slot is busy.
+        """
+        result = self.publish_json(channel, envelope.canonical_json(data))
+        return result if isinstance(result, str) else await result
+
+    def publish_json(self, channel: str, data_json: str) -> str | asyncio.Future[str]:
+        """Publish data already in canonical JSON: the id, or (with Redis) a future of it."""
+        return self.backplane.publish(channel, data_json, int(time.time() * 1000))
+
+    def attach(self, channel: str, since: str | None = None) -> asyncio.Future[None] | None:
+        """None when `channel` (up to `since`) is usable in the hub now, else a future."""
+        return self.backplane.attach(channel, since)
 
     # --- the registry of open connections --------------------------------------------------
 
@@ -196,4 +215,13 @@ class Server:
             self._next_heartbeat = now + self.config.sse_heartbeat_s
             for stream in tuple(self._streams):
                 stream.heartbeat()
+        self.backplane.sweep(now)
         self._schedule_sweep()
+
+
+def _backplane_for(config: Config) -> Backplane:
+    if not config.redis_url:
+        return LocalBackplane()
+    from rawrt.backplane.redis import RedisBackplane  # redis is an optional dependency
+
+    return RedisBackplane(config)

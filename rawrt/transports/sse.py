@@ -48,6 +48,19 @@ def stream_head(cors: http.Headers) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
+def stream_unavailable(cors: http.Headers, reason: str) -> bytes:
+    """A stream that ends at once: EventSource retries after `retry` instead of giving up."""
+    return (
+        stream_head(cors)
+        + sse.retry(_UNAVAILABLE_RETRY_MS)
+        + sse.comment(" ".join(reason.splitlines()))
+    )
+
+
+# How long a client waits before retrying a stream the server could not open.
+_UNAVAILABLE_RETRY_MS = 2000
+
+
 class EventStream(asyncio.Protocol):
     """An open text/event-stream response subscribed to one channel."""
 

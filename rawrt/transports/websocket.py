@@ -31,8 +31,8 @@ from wsproto.events import (
     TextMessage,
 )
 
-from rawrt.errors import BadMessage, WebSocketClose
-from rawrt.hub import KIND_WS, HubFull, Subscription
+from rawrt.errors import BackplaneUnavailable, BadMessage, WebSocketClose
+from rawrt.hub import KIND_WS, HubFull, NotAttached, Subscription
 from rawrt.wire import envelope, wsframe
 
 if TYPE_CHECKING:
@@ -242,13 +242,23 @@ class WebSocketSession(asyncio.Protocol):
 class ChannelSocket(WebSocketSession):
     """A WebSocket speaking rawrt's JSON protocol: subscribe, unsubscribe, publish, ping."""
 
-    __slots__ = ("_subs",)
+    __slots__ = ("_held", "_subs")
 
     def __init__(self, server: Server, transport: asyncio.Transport) -> None:
         super().__init__(server, transport)
         self._subs: dict[str, Subscription] = {}
+        # Messages that arrived while a subscribe waits for the backplane to attach its
+        # channel; they are handled after it, in order. Reading is paused meanwhile, so this
+        # holds at most what one read brought.
+        self._held: list[str | bytes] | None = None
 
     def on_message(self, data: str | bytes) -> None:
+        if self._held is not None:
+            self._held.append(data)
+        else:
+            self._dispatch(data)
+
+    def _dispatch(self, data: str | bytes) -> None:
         try:
             if not isinstance(data, str):
                 raise BadMessage("binary frames are not part of the protocol; send JSON text")
@@ -256,7 +266,7 @@ class ChannelSocket(WebSocketSession):
             self._handle(command)
         except BadMessage as exc:
             self.send_text(envelope.error(exc.reason))
-        except HubFull as exc:
+        except (HubFull, NotAttached) as exc:
             self.send_text(envelope.error(str(exc), data="Server busy"))
 
     def _handle(self, command: envelope.ClientMessage) -> None:
@@ -265,7 +275,9 @@ class ChannelSocket(WebSocketSession):
         elif isinstance(command, envelope.Unsubscribe):
             self._unsubscribe(command.channel)
         elif isinstance(command, envelope.Publish):
-            self._server.publish_json(command.channel, command.data)
+            result = self._server.publish_json(command.channel, command.data)
+            if not isinstance(result, str):
+                result.add_done_callback(self._published)
         else:
             self.send_text(envelope.pong(int(time.time() * 1000)))
 
@@ -275,12 +287,50 @@ class ChannelSocket(WebSocketSession):
             hub.unsubscribe(self._subs.pop(channel))  # a new `since` restarts the replay
         elif len(self._subs) >= self._server.config.max_subscriptions:
             raise BadMessage(f"at most {self._server.config.max_subscriptions} subscriptions")
+        pending = self._server.attach(channel, since)
+        if pending is None:
+            self._join(channel, since)
+        else:
+            self._hold_until(pending, channel, since)
+
+    def _join(self, channel: str, since: str | None) -> None:
+        hub = self._server.hub
         self.send_text(envelope.subscribed(channel, hub.head_id(channel)))
         assert self._transport is not None
         sub = hub.subscribe(channel, KIND_WS, self._transport.write, since)
         self._subs[channel] = sub
         if self._write_paused:
             hub.pause(sub)
+
+    def _hold_until(self, pending: asyncio.Future[None], channel: str, since: str | None) -> None:
+        """Wait for the backplane to attach `channel`, holding later messages meanwhile."""
+        self._held = []
+        if self._transport is not None:
+            self._transport.pause_reading()
+        pending.add_done_callback(lambda future: self._attached(future, channel, since))
+
+    def _attached(self, future: asyncio.Future[None], channel: str, since: str | None) -> None:
+        if self._transport is None or self._closing:
+            return
+        try:
+            future.result()
+            self._join(channel, since)
+        except (BackplaneUnavailable, asyncio.CancelledError) as exc:
+            self.send_text(envelope.error(str(exc), data="Backplane unavailable"))
+        except (HubFull, NotAttached) as exc:
+            self.send_text(envelope.error(str(exc), data="Server busy"))
+        held, self._held = self._held or [], None
+        while held and self._held is None:
+            self._dispatch(held.pop(0))
+        if self._held is not None:
+            self._held[:0] = held  # another subscribe is waiting now: keep the order
+        elif not self._write_paused and self._transport is not None:
+            self._transport.resume_reading()
+
+    def _published(self, result: asyncio.Future[str]) -> None:
+        """A publish the backplane could not take gets an error frame (order is kept)."""
+        if not result.cancelled() and result.exception() is not None:
+            self.send_text(envelope.error(str(result.exception()), data="Publish failed"))
 
     def _unsubscribe(self, channel: str) -> None:
         sub = self._subs.pop(channel, None)
@@ -300,6 +350,8 @@ class ChannelSocket(WebSocketSession):
 
     def resume_writing(self) -> None:
         super().resume_writing()
+        if self._held is not None and self._transport is not None:
+            self._transport.pause_reading()  # still waiting for a channel to attach
         for sub in list(self._subs.values()):
             if self._write_paused:
                 break  # a catch-up write filled the socket again
