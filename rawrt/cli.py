@@ -20,6 +20,7 @@ from rawrt import __version__
 from rawrt.config import Config
 from rawrt.errors import ConfigError
 from rawrt.server import Server
+from rawrt.workers import WORKER_ENV, supervise
 
 __all__ = ["main", "parse_config"]
 
@@ -112,14 +113,17 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        config = parse_config(sys.argv[1:] if argv is None else argv)
+        config = parse_config(args)
     except ConfigError as exc:
         print(f"rawrt: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s rawrt %(levelname)s %(message)s"
     )
+    if config.workers > 1 and WORKER_ENV not in os.environ:
+        return supervise(config, args)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(_serve(config))
     return 0
