@@ -177,6 +177,13 @@ class Server:
             self._sockets.add(conn)
         elif isinstance(conn, EventStream):
             self._streams.add(conn)
+        if self.stopping:
+            # A request that was still arriving when stop() said its goodbyes can hand its
+            # socket to a transport afterwards (a parked poll, an event stream, a WebSocket).
+            # Nobody would answer it, and stop() would wait out shutdown_timeout_s and cut it.
+            # It is registered midway through its own set-up, so say goodbye once that is done.
+            assert self._loop is not None
+            self._loop.call_soon(conn.shutdown)
 
     def forget(self, conn: Any) -> None:
         self._connections.discard(conn)

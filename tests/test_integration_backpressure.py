@@ -1,0 +1,146 @@
+"""A subscriber that stops reading costs a cursor, not a stall.
+
+A raw-socket WebSocket subscriber with a small receive buffer stops reading while many
+messages are published. The server stops writing to it above write_high_water; the other
+subscribers get everything promptly meanwhile. When the slow one reads again it catches up
+from the log, in order and without duplicates, or, if it fell off the log's tail, gets a
+reset and then live messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import pytest
+from support.clients import (
+    PollClient,
+    RawWebSocket,
+    SseClient,
+    event_json,
+    ws_connect,
+    ws_recv_many,
+    ws_subscribe,
+)
+
+import rawrt
+
+COUNT = 400
+BATCH = 10
+# Loopback send buffers autotune to about 4 MiB, which the kernel fills before rawrt's own
+# high-water mark comes into play: COUNT messages of this size are well beyond that.
+PAYLOAD = "p" * 16_000
+FLOW = {
+    "write_high_water": 16 * 1024,
+    "write_low_water": 4 * 1024,
+    "history_max_bytes": 64 * 1024 * 1024,  # the history is bounded by count in these tests
+}
+Stack = contextlib.AsyncExitStack
+
+
+class FastSubscribers:
+    """A WebSocket, an SSE and a poll subscriber that keep reading."""
+
+    @classmethod
+    async def join(cls, server: rawrt.Server, stack: Stack, channel: str) -> FastSubscribers:
+        self = cls()
+        self.ws = await stack.enter_async_context(ws_connect(server.port, max_size=None))
+        await ws_subscribe(self.ws, channel)
+        target = f"/api/sse/subscribe/{channel}"
+        self.sse = await stack.enter_async_context(SseClient(server.port, target))
+        await self.sse.next_event()  # connected
+        self.poller = await stack.enter_async_context(PollClient(server.port, channel))
+        await self.poller.start_at_head()
+        return self
+
+    async def receive(self, count: int) -> list[list[int]]:
+        """The next `count` messages on each transport, as their `n`."""
+        ws, sse, polled = await asyncio.gather(
+            ws_recv_many(self.ws, count), self.sse.events(count), self.poller.collect(count)
+        )
+        return [
+            [m["data"]["n"] for m in ws],
+            [event_json(e)["n"] for e in sse],
+            [m["n"] for m in polled],
+        ]
+
+
+async def _slow_subscriber(server: rawrt.Server, stack: Stack, channel: str) -> RawWebSocket:
+    slow = await stack.enter_async_context(await RawWebSocket.connect(server.port, rcvbuf=4096))
+    await slow.send_json({"type": "subscribe", "channel": channel})
+    assert (await slow.recv_json())["type"] == "subscribed"
+    return slow
+
+
+async def _publish_while_one_is_stalled(
+    server: rawrt.Server, stack: Stack, channel: str
+) -> tuple[RawWebSocket, list[str]]:
+    slow = await _slow_subscriber(server, stack, channel)
+    fast = await FastSubscribers.join(server, stack, channel)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    ids: list[str] = []
+    # In batches, each received by the fast subscribers before the next goes out: a publisher
+    # at the pace of its readers, so only the subscriber that stopped reading falls behind.
+    for first in range(0, COUNT, BATCH):
+        batch = range(first, first + BATCH)
+        ids += [await server.publish(channel, {"n": n, "pad": PAYLOAD}) for n in batch]
+        assert await fast.receive(BATCH) == [list(batch)] * 3
+    # Everything reached the readers promptly while the slow one read nothing.
+    assert loop.time() - started < 5
+    return slow, ids
+
+
+async def _read_until(slow: RawWebSocket, done: Any) -> list[dict[str, Any]]:
+    """The slow subscriber reads again: every frame until `done(frame)` holds."""
+    frames: list[dict[str, Any]] = []
+    async with asyncio.timeout(10):
+        while not frames or not done(frames[-1]):
+            frames.append(await slow.recv_json())
+    return frames
+
+
+def _check_sequence(frames: list[dict[str, Any]], ids: list[str]) -> int:
+    """Each message follows the one before it, or the reset before it; returns the resets."""
+    position = {message_id: n for n, message_id in enumerate(ids)}
+    expected, resets = 0, 0
+    for frame in frames:
+        if frame["type"] == "reset":
+            resets += 1
+            expected = position[frame["id"]] + 1  # the reset names the head it restarts from
+            continue
+        assert frame["type"] == "message", frame
+        assert position[frame["id"]] == expected, (frame["id"], expected)
+        assert frame["data"]["n"] == expected
+        expected += 1
+    return resets
+
+
+@pytest.mark.parametrize("server", [{**FLOW, "history_size": COUNT + 10}], indirect=True)
+async def test_stalled_ws_subscriber_catches_up_from_the_log_in_order(
+    server: rawrt.Server, stack: Stack
+) -> None:
+    slow, ids = await _publish_while_one_is_stalled(server, stack, "flood")
+    frames = await _read_until(slow, lambda frame: frame.get("id") == ids[-1])
+    assert _check_sequence(frames, ids) == 0
+    assert [f["data"]["n"] for f in frames] == list(range(COUNT))
+    # Caught up, it is live again.
+    live = await server.publish("flood", {"n": COUNT})
+    frame = await slow.recv_json()
+    assert (frame["type"], frame["id"], frame["data"]) == ("message", live, {"n": COUNT})
+
+
+@pytest.mark.parametrize("server", [{**FLOW, "history_size": 20}], indirect=True)
+async def test_stalled_ws_subscriber_that_fell_off_the_log_gets_a_reset_then_live(
+    server: rawrt.Server, stack: Stack
+) -> None:
+    slow, ids = await _publish_while_one_is_stalled(server, stack, "flood")
+    # What the socket buffers held comes first, then the reset to the head.
+    frames = await _read_until(slow, lambda frame: frame["type"] == "reset")
+    assert frames[-1]["id"] == ids[-1]
+    assert 0 < len(frames) - 1 < COUNT - 20, "the slow reader never fell off the log"
+    live = [await server.publish("flood", {"n": COUNT + n}) for n in range(3)]
+    frames += await _read_until(slow, lambda frame: frame.get("id") == live[-1])
+    assert _check_sequence(frames, ids + live) == 1
+    assert [f["id"] for f in frames[-3:]] == live

@@ -1,0 +1,75 @@
+"""Parked long polls: every parked poller gets every message, and nothing falls between polls.
+
+The reference design hands each message to one waiting poller (and queues it when none
+waits), so twenty pollers would split a channel twenty ways. Here each poll carries a cursor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from support.clients import PollClient, request
+
+import rawrt
+
+POLLERS = 20
+
+
+async def _park_all(pollers: list[PollClient], server: rawrt.Server) -> list[asyncio.Task[dict]]:
+    """Send every poller's request; returns their pending answers."""
+    polls = [asyncio.create_task(p.poll(timeout=10)) for p in pollers]
+    # A request that reaches the server after a publish is answered from the log (it asks
+    # from its cursor), so the test holds either way; this round trip only makes it likely
+    # that all of them are parked first, which is the case under test.
+    assert (await request(server.port, "GET", "/healthz")).status == 200
+    assert not any(p.done() for p in polls)
+    return polls
+
+
+async def test_twenty_parked_pollers_all_get_every_message(
+    server: rawrt.Server, stack: contextlib.AsyncExitStack
+) -> None:
+    pollers = [
+        await stack.enter_async_context(PollClient(server.port, "crowd")) for _ in range(POLLERS)
+    ]
+    for poller in pollers:
+        await poller.start_at_head()
+
+    polls = await _park_all(pollers, server)
+    first = await server.publish("crowd", {"n": 1})
+    answers = await asyncio.wait_for(asyncio.gather(*polls), 5)
+    assert answers == [{"messages": [{"n": 1}], "cursor": first}] * POLLERS
+
+    # Published while nobody is parked: each poller's next poll gets it from its cursor.
+    second = await server.publish("crowd", {"n": 2})
+    answers = await asyncio.wait_for(asyncio.gather(*(p.poll(timeout=10) for p in pollers)), 5)
+    assert answers == [{"messages": [{"n": 2}], "cursor": second}] * POLLERS
+
+    # Parked again, on the same kept-alive connections.
+    polls = await _park_all(pollers, server)
+    third = await server.publish("crowd", {"n": 3})
+    answers = await asyncio.wait_for(asyncio.gather(*polls), 5)
+    assert answers == [{"messages": [{"n": 3}], "cursor": third}] * POLLERS
+    assert [p.connections_opened for p in pollers] == [1] * POLLERS
+
+
+async def test_parked_poll_without_messages_times_out_with_its_cursor(
+    server: rawrt.Server, stack: contextlib.AsyncExitStack
+) -> None:
+    poller = await stack.enter_async_context(PollClient(server.port, "quiet"))
+    head = await poller.start_at_head()
+    assert await poller.poll(timeout=0.2) == {"messages": [], "cursor": head}
+    # The kept-alive connection is still usable after a timed-out park.
+    await server.publish("quiet", "later")
+    assert await poller.collect(1) == ["later"]
+    assert poller.connections_opened == 1
+
+
+async def test_poll_from_a_cursor_behind_the_head_is_answered_at_once(
+    server: rawrt.Server, stack: contextlib.AsyncExitStack
+) -> None:
+    ids = [await server.publish("backlog", n) for n in range(5)]
+    poller = await stack.enter_async_context(PollClient(server.port, "backlog"))
+    body = await poller.poll(since=ids[1], timeout=30, bound_s=2)
+    assert body == {"messages": [2, 3, 4], "cursor": ids[-1]}
