@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import shlex
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -84,6 +85,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--chart", type=Path, help="default: results.png beside the results")
     p.add_argument("--out", type=Path, default=ROOT / "bench/out", help="raw data and logs")
+    p.add_argument(
+        "--from-raw",
+        type=Path,
+        help="measure nothing: rewrite the tables, "
+        "RESULTS.md and chart from a raw-*.json of an earlier run",
+    )
     return p
 
 
@@ -196,18 +203,13 @@ def _notes(run: Run, servers: list[str]) -> list[str]:
             f"Load generator CPU share during measured phases: {min(shares):.0%} to "
             f"{max(shares):.0%} of CPU 1 (never saturated means never the bottleneck)."
         )
-    noisy = sorted(
-        {
-            f"{r['server']} {r['case']}"
-            for r in run.records
-            if (r.get("other_load") or 0) > OTHER_LOAD_WARN
-        }
-    )
-    if noisy:
+    others = [r["other_load"] for r in run.records if r.get("other_load") is not None]
+    if others:
+        noisy = sum(o > OTHER_LOAD_WARN for o in others)
         notes.append(
-            f"Other load above {OTHER_LOAD_WARN:.0%} of the server core during: "
-            + ", ".join(noisy)
-            + ". Those figures are less trustworthy."
+            f"Other load on the server core during measured phases: median "
+            f"{statistics.median(others):.0%}, max {max(others):.0%}; {noisy} of {len(others)} "
+            f"phases above {OTHER_LOAD_WARN:.0%} (see the last column of the fan-out table)."
         )
     skipped = [s for s in ALL_SERVERS if s not in servers]
     if skipped:
@@ -216,21 +218,27 @@ def _notes(run: Run, servers: list[str]) -> list[str]:
     return notes
 
 
-def _save_raw(
-    out: Path, records: list[dict[str, Any]], env: dict[str, Any], args: argparse.Namespace
-) -> Path:
+def _save_raw(out: Path, run: Run, saved: dict[str, Any]) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"raw-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    sizes = dataclasses.asdict(_sizes(args))
-    path.write_text(json.dumps({"env": env, "sizes": sizes, "records": records}, indent=1))
+    data = {**saved, "records": run.records, "failures": run.failures, "busy": run.busy}
+    path.write_text(json.dumps(data, indent=1))
     return path
 
 
-def _report(args: argparse.Namespace, servers: list[str], run: Run, command: str) -> None:
-    env = environment(ROOT)
-    raw = _save_raw(args.out, run.records, env, args)
+def _load_raw(path: Path) -> tuple[Run, dict[str, Any]]:
+    """A finished run read back from its raw file, to rewrite the report."""
+    data = json.loads(path.read_text())
+    ctx = Context(
+        ROOT, Path(), Sizes(**data["sizes"] | {"rates": tuple(data["sizes"]["rates"])}), path.parent
+    )
+    run = Run(ctx, data["records"], data["failures"], data["busy"])
+    return run, data
+
+
+def _report(args: argparse.Namespace, run: Run, saved: dict[str, Any], raw: Path) -> None:
+    servers, env, burst = saved["servers"], saved["env"], saved["sizes"]["burst"]
     summary = report.summarize(run.records, servers)
-    burst = _sizes(args).burst
     if "rawrt" in servers:
         print("\n## Targets (rawrt)\n\n" + report.targets_table(summary, burst))
     for title, md in report.tables(summary):
@@ -243,23 +251,11 @@ def _report(args: argparse.Namespace, servers: list[str], run: Run, command: str
         *_notes(run, servers),
         f"Raw data: {raw.name} (in the bench output folder, not committed).",
     ]
-    write_results(
-        args.results,
-        summary,
-        env,
-        command,
-        burst,
-        notes,
-        None if skipped else args.chart,
-        chart_note,
-    )
+    chart = None if skipped else args.chart
+    write_results(args.results, summary, env, saved["command"], burst, notes, chart, chart_note)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args = _parser().parse_args(argv)
-    _resolve(args)
-    started = time.monotonic()
+def _measure(args: argparse.Namespace, argv: list[str]) -> int:
     try:
         binary = loadgen.build(ROOT)
     except loadgen.LoadgenError as exc:
@@ -271,6 +267,26 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     run = Run(Context(ROOT, binary, _sizes(args), args.out))
     run.all(servers, scenarios.jobs_for(args.scenarios), args.repeats)
-    _report(args, servers, run, shlex.join(["python", "-m", "bench", *argv]))
-    print(f"bench: done in {time.monotonic() - started:.0f} s", flush=True)
+    saved = {
+        "command": shlex.join(["python", "-m", "bench", *argv]),
+        "servers": servers,
+        "env": environment(ROOT),
+        "sizes": dataclasses.asdict(run.ctx.sizes),
+    }
+    raw = _save_raw(args.out, run, saved)
+    _report(args, run, saved, raw)
     return 1 if run.failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser().parse_args(argv)
+    _resolve(args)
+    if args.from_raw:
+        run, saved = _load_raw(args.from_raw)
+        _report(args, run, saved, args.from_raw)
+        return 0
+    started = time.monotonic()
+    status = _measure(args, argv)
+    print(f"bench: done in {time.monotonic() - started:.0f} s", flush=True)
+    return status
