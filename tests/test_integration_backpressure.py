@@ -1,6 +1,6 @@
 """A subscriber that stops reading costs a cursor, not a stall.
 
-A raw-socket WebSocket subscriber with a small receive buffer stops reading while many
+A raw-socket WebSocket (or SSE) subscriber with a small receive buffer stops reading while many
 messages are published. The server stops writing to it above write_high_water; the other
 subscribers get everything promptly meanwhile. When the slow one reads again it catches up
 from the log, in order and without duplicates, or, if it fell off the log's tail, gets a
@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from support.clients import (
     PollClient,
+    RawSse,
     RawWebSocket,
     SseClient,
     event_json,
@@ -36,6 +37,8 @@ FLOW = {
     "write_low_water": 4 * 1024,
     "history_max_bytes": 64 * 1024 * 1024,  # the history is bounded by count in these tests
 }
+SMALL = {"rcvbuf": 4096}  # the slow subscriber's SO_RCVBUF
+SLOW_KINDS = ["ws", "sse"]
 Stack = contextlib.AsyncExitStack
 
 
@@ -66,17 +69,40 @@ class FastSubscribers:
         ]
 
 
-async def _slow_subscriber(server: rawrt.Server, stack: Stack, channel: str) -> RawWebSocket:
-    slow = await stack.enter_async_context(await RawWebSocket.connect(server.port, rcvbuf=4096))
-    await slow.send_json({"type": "subscribe", "channel": channel})
-    assert (await slow.recv_json())["type"] == "subscribed"
-    return slow
+class SlowSubscriber:
+    """A raw-socket subscriber (WebSocket or SSE) with a small receive buffer that reads
+    only when told; what it reads comes out as `{"type", "id", "data"?}` either way."""
+
+    def __init__(self, kind: str, peer: RawWebSocket | RawSse) -> None:
+        self.kind, self.peer = kind, peer
+
+    @classmethod
+    async def join(
+        cls, kind: str, server: rawrt.Server, stack: Stack, channel: str
+    ) -> SlowSubscriber:
+        if kind == "ws":
+            ws = await stack.enter_async_context(await RawWebSocket.connect(server.port, **SMALL))
+            await ws.send_json({"type": "subscribe", "channel": channel})
+            assert (await ws.recv_json())["type"] == "subscribed"
+            return cls(kind, ws)
+        target = f"/api/sse/subscribe/{channel}"
+        sse = await stack.enter_async_context(await RawSse.connect(server.port, target, **SMALL))
+        assert event_json(await sse.next_event()) == {"type": "connected"}
+        return cls(kind, sse)
+
+    async def next(self) -> dict[str, Any]:
+        if isinstance(self.peer, RawWebSocket):
+            return dict(await self.peer.recv_json())
+        event = await self.peer.next_event()
+        if event.type == "reset":
+            return {"type": "reset", "id": event.last_event_id}
+        return {"type": event.type, "id": event.last_event_id, "data": event_json(event)}
 
 
 async def _publish_while_one_is_stalled(
-    server: rawrt.Server, stack: Stack, channel: str
-) -> tuple[RawWebSocket, list[str]]:
-    slow = await _slow_subscriber(server, stack, channel)
+    kind: str, server: rawrt.Server, stack: Stack, channel: str
+) -> tuple[SlowSubscriber, list[str]]:
+    slow = await SlowSubscriber.join(kind, server, stack, channel)
     fast = await FastSubscribers.join(server, stack, channel)
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -92,12 +118,12 @@ async def _publish_while_one_is_stalled(
     return slow, ids
 
 
-async def _read_until(slow: RawWebSocket, done: Any) -> list[dict[str, Any]]:
-    """The slow subscriber reads again: every frame until `done(frame)` holds."""
+async def _read_until(slow: SlowSubscriber, done: Any) -> list[dict[str, Any]]:
+    """The slow subscriber reads again: everything until `done(item)` holds."""
     frames: list[dict[str, Any]] = []
     async with asyncio.timeout(10):
         while not frames or not done(frames[-1]):
-            frames.append(await slow.recv_json())
+            frames.append(await slow.next())
     return frames
 
 
@@ -117,25 +143,27 @@ def _check_sequence(frames: list[dict[str, Any]], ids: list[str]) -> int:
     return resets
 
 
+@pytest.mark.parametrize("kind", SLOW_KINDS)
 @pytest.mark.parametrize("server", [{**FLOW, "history_size": COUNT + 10}], indirect=True)
-async def test_stalled_ws_subscriber_catches_up_from_the_log_in_order(
-    server: rawrt.Server, stack: Stack
+async def test_stalled_subscriber_catches_up_from_the_log_in_order(
+    server: rawrt.Server, stack: Stack, kind: str
 ) -> None:
-    slow, ids = await _publish_while_one_is_stalled(server, stack, "flood")
+    slow, ids = await _publish_while_one_is_stalled(kind, server, stack, "flood")
     frames = await _read_until(slow, lambda frame: frame.get("id") == ids[-1])
     assert _check_sequence(frames, ids) == 0
     assert [f["data"]["n"] for f in frames] == list(range(COUNT))
     # Caught up, it is live again.
     live = await server.publish("flood", {"n": COUNT})
-    frame = await slow.recv_json()
+    frame = await slow.next()
     assert (frame["type"], frame["id"], frame["data"]) == ("message", live, {"n": COUNT})
 
 
+@pytest.mark.parametrize("kind", SLOW_KINDS)
 @pytest.mark.parametrize("server", [{**FLOW, "history_size": 20}], indirect=True)
-async def test_stalled_ws_subscriber_that_fell_off_the_log_gets_a_reset_then_live(
-    server: rawrt.Server, stack: Stack
+async def test_stalled_subscriber_that_fell_off_the_log_gets_a_reset_then_live(
+    server: rawrt.Server, stack: Stack, kind: str
 ) -> None:
-    slow, ids = await _publish_while_one_is_stalled(server, stack, "flood")
+    slow, ids = await _publish_while_one_is_stalled(kind, server, stack, "flood")
     # What the socket buffers held comes first, then the reset to the head.
     frames = await _read_until(slow, lambda frame: frame["type"] == "reset")
     assert frames[-1]["id"] == ids[-1]

@@ -7,8 +7,8 @@ cannot cancel out.
 - `SseClient`: an event stream read as `EventSource` would, from a close-delimited or chunked
   body, through the WHATWG parser in `sse_parser`.
 - `PollClient`: a long poller that loops with the cursor on one kept-alive connection.
-- `RawWebSocket`: a WebSocket client on a plain socket, for the peers the `websockets` library
-  will not play: one that never answers pings, one that stops reading.
+- `RawWebSocket`, `RawSse`: clients on a plain socket that read only when asked, for the
+  peers the libraries will not play: one that never answers pings, one that stops reading.
 - `ws_connect()` and friends: well-behaved WebSocket clients, from the `websockets` library.
 
 Every call that waits takes a bound; nothing here sleeps.
@@ -26,7 +26,7 @@ import socket
 import struct
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -37,6 +37,8 @@ __all__ = [
     "HOST",
     "HttpClient",
     "PollClient",
+    "RawSocket",
+    "RawSse",
     "RawWebSocket",
     "Response",
     "SseClient",
@@ -398,11 +400,11 @@ def client_frame(payload: bytes, opcode: int = OP_TEXT, fin: bool = True) -> byt
     return head + key + _mask(payload, key)
 
 
-class RawWebSocket:
-    """A hand-made WebSocket client on a non-blocking socket, read only when asked.
+class RawSocket:
+    """A non-blocking socket that is read only when asked.
 
-    Reading goes through `loop.sock_recv`, so when the test does not call it nothing is read:
-    the kernel buffers fill and TCP's window closes, as with a stalled browser tab.
+    Reading goes through `loop.sock_recv`, so while the test does not call it nothing is
+    read: the kernel buffers fill and TCP's window closes, as with a stalled browser tab.
     """
 
     def __init__(self, sock: socket.socket) -> None:
@@ -410,53 +412,26 @@ class RawWebSocket:
         self._buffer = bytearray()
         self.eof = False
 
-    @classmethod
-    async def connect(
-        cls,
-        port: int,
-        target: str = "/ws",
-        *,
-        rcvbuf: int | None = None,
-        timeout_s: float = TIMEOUT_S,
-    ) -> RawWebSocket:
+    @staticmethod
+    async def open_socket(port: int, rcvbuf: int | None = None) -> socket.socket:
+        """A connected non-blocking socket; `rcvbuf` sets SO_RCVBUF first."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
         if rcvbuf is not None:
             # Before connect, so the window scale the handshake agrees on stays small.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        ws = cls(sock)
         try:
-            async with asyncio.timeout(timeout_s):
+            async with asyncio.timeout(TIMEOUT_S):
                 await asyncio.get_running_loop().sock_connect(sock, (HOST, port))
-                await ws._handshake(port, target)
         except BaseException:
             sock.close()
             raise
-        return ws
-
-    async def _handshake(self, port: int, target: str) -> None:
-        key = base64.b64encode(os.urandom(16))
-        await self.send_raw(
-            (
-                f"GET {target} HTTP/1.1\r\nHost: {HOST}:{port}\r\nUpgrade: websocket\r\n"
-                "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-                f"Sec-WebSocket-Key: {key.decode()}\r\n\r\n"
-            ).encode()
-        )
-        while _HEAD_END not in self._buffer:
-            await self._fill()
-            assert len(self._buffer) < _MAX_HEAD_BYTES
-        head, _, rest = bytes(self._buffer).partition(_HEAD_END)
-        self._buffer = bytearray(rest)
-        status, headers = _parse_head(head)
-        assert status == 101, head
-        expected = base64.b64encode(hashlib.sha1(key + _GUID).digest()).decode()
-        assert headers.get("sec-websocket-accept") == expected, headers
+        return sock
 
     def close(self) -> None:
         self.sock.close()
 
-    async def __aenter__(self) -> RawWebSocket:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -464,12 +439,6 @@ class RawWebSocket:
 
     async def send_raw(self, data: bytes) -> None:
         await asyncio.get_running_loop().sock_sendall(self.sock, data)
-
-    async def send_text(self, text: str) -> None:
-        await self.send_raw(client_frame(text.encode()))
-
-    async def send_json(self, value: object) -> None:
-        await self.send_text(json.dumps(value))
 
     async def _fill(self) -> None:
         try:
@@ -487,6 +456,92 @@ class RawWebSocket:
         out = bytes(self._buffer[:n])
         del self._buffer[:n]
         return out
+
+    async def _read_head(self) -> tuple[int, dict[str, str]]:
+        while _HEAD_END not in self._buffer:
+            await self._fill()
+            assert len(self._buffer) < _MAX_HEAD_BYTES
+        head, _, rest = bytes(self._buffer).partition(_HEAD_END)
+        self._buffer = bytearray(rest)
+        return _parse_head(head)
+
+
+class RawSse(RawSocket):
+    """An event-stream subscriber on a raw socket (a close-delimited body, as rawrt sends)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(sock)
+        self.parser = SseParser()
+        self._events: list[SseEvent] = []
+
+    @classmethod
+    async def connect(cls, port: int, target: str, *, rcvbuf: int | None = None) -> RawSse:
+        """Send the GET and read the response head (but no event)."""
+        stream = cls(await cls.open_socket(port, rcvbuf))
+        try:
+            await stream.send_raw(_encode_request("GET", target, None, [], port, False))
+            async with asyncio.timeout(TIMEOUT_S):
+                status, headers = await stream._read_head()
+            assert status == 200 and headers["content-type"].startswith("text/event-stream")
+        except BaseException:
+            stream.close()
+            raise
+        return stream
+
+    async def next_event(self, timeout_s: float = TIMEOUT_S) -> SseEvent:
+        async with asyncio.timeout(timeout_s):
+            while not self._events:
+                if not self._buffer:
+                    await self._fill()
+                self._events += self.parser.feed(bytes(self._buffer))
+                self._buffer.clear()
+        return self._events.pop(0)
+
+
+class RawWebSocket(RawSocket):
+    """A hand-made WebSocket client (RFC 6455), for peers the `websockets` library will not
+    play: one that never answers pings, one that stops reading."""
+
+    @classmethod
+    async def connect(
+        cls,
+        port: int,
+        target: str = "/ws",
+        *,
+        rcvbuf: int | None = None,
+        timeout_s: float = TIMEOUT_S,
+    ) -> RawWebSocket:
+        """Connect and complete the opening handshake (RFC 6455 §4.1)."""
+        ws = cls(await cls.open_socket(port, rcvbuf))
+        try:
+            async with asyncio.timeout(timeout_s):
+                key = base64.b64encode(os.urandom(16))
+                await ws.send_raw(
+                    (
+                        f"GET {target} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
+                        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                        f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key.decode()}\r\n\r\n"
+                    ).encode()
+                )
+                await ws.read_handshake(key)
+        except BaseException:
+            ws.close()
+            raise
+        return ws
+
+    async def read_handshake(self, key: bytes) -> None:
+        """Read the server's 101 and check its Sec-WebSocket-Accept against `key`."""
+        status, headers = await self._read_head()
+        assert status == 101, (status, headers)
+        expected = base64.b64encode(hashlib.sha1(key + _GUID).digest()).decode()
+        assert headers.get("sec-websocket-accept") == expected, headers
+        assert headers.get("upgrade", "").lower() == "websocket", headers
+
+    async def send_text(self, text: str) -> None:
+        await self.send_raw(client_frame(text.encode()))
+
+    async def send_json(self, value: object) -> None:
+        await self.send_text(json.dumps(value))
 
     async def recv_frame(self, timeout_s: float = TIMEOUT_S) -> tuple[int, bytes]:
         """The next frame as (opcode, payload); raises EOFError at the end of the stream."""
