@@ -119,6 +119,10 @@ class Router:
 
     def _sse(self, request: Request, conn: HttpConnection, channel: str) -> AnyReply:
         self._check_channel(channel)
+        # Both answers, the stream and the short one that says "retry later", are bodies
+        # without a length, which only closing the connection ends (RFC 9112 §6.3). Kept
+        # alive, the short one left EventSource waiting out keepalive_timeout_s to reconnect.
+        request.keep_alive = False
         header = request.header(b"last-event-id")
         last_id = header.decode("latin-1") if header is not None else None
         last_id = last_id or request.query.get("lastEventId") or None

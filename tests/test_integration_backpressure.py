@@ -127,10 +127,11 @@ async def _read_until(slow: SlowSubscriber, done: Any) -> list[dict[str, Any]]:
     return frames
 
 
-def _check_sequence(frames: list[dict[str, Any]], ids: list[str]) -> int:
-    """Each message follows the one before it, or the reset before it; returns the resets."""
+def _check_sequence(frames: list[dict[str, Any]], ids: list[str], first: int = 0) -> int:
+    """Each message follows the one before it (the first is `ids[first]`), or follows the
+    reset before it; returns how many resets there were."""
     position = {message_id: n for n, message_id in enumerate(ids)}
-    expected, resets = 0, 0
+    expected, resets = first, 0
     for frame in frames:
         if frame["type"] == "reset":
             resets += 1
@@ -172,3 +173,30 @@ async def test_stalled_subscriber_that_fell_off_the_log_gets_a_reset_then_live(
     frames += await _read_until(slow, lambda frame: frame.get("id") == live[-1])
     assert _check_sequence(frames, ids + live) == 1
     assert [f["id"] for f in frames[-3:]] == live
+
+
+@pytest.mark.parametrize("kind", SLOW_KINDS)
+@pytest.mark.parametrize(
+    "server",
+    [{**FLOW, "history_size": COUNT + 10, "catch_up_chunk_bytes": 8 * 1024}],
+    indirect=True,
+)
+async def test_subscriber_resuming_far_behind_gets_the_whole_backlog_in_order(
+    server: rawrt.Server, stack: Stack, kind: str
+) -> None:
+    ids = [await server.publish("backlog", {"n": n, "pad": PAYLOAD}) for n in range(COUNT)]
+    target = "/api/sse/subscribe/backlog?lastEventId=" + ids[0]
+    if kind == "ws":
+        ws = await stack.enter_async_context(await RawWebSocket.connect(server.port, **SMALL))
+        await ws.send_json({"type": "subscribe", "channel": "backlog", "since": ids[0]})
+        assert (await ws.recv_json())["type"] == "subscribed"
+        slow = SlowSubscriber(kind, ws)
+    else:
+        sse = await stack.enter_async_context(await RawSse.connect(server.port, target, **SMALL))
+        assert event_json(await sse.next_event()) == {"type": "connected"}
+        slow = SlowSubscriber(kind, sse)
+    frames = await _read_until(slow, lambda frame: frame.get("id") == ids[-1])
+    assert _check_sequence(frames, ids, first=1) == 0
+    assert [f["data"]["n"] for f in frames] == list(range(1, COUNT))
+    live = await server.publish("backlog", {"n": COUNT})
+    assert (await slow.next())["id"] == live

@@ -284,3 +284,36 @@ async def test_raw_ws_peer_sending_an_unmasked_frame_is_closed_with_1002(
     await peer.send_raw(b"\x81\x05hello")  # §5.1: a client MUST mask every frame
     frames = await peer.frames_until_eof()
     assert frames[-1][0] == 0x8 and frames[-1][1][:2] == (1002).to_bytes(2, "big")
+
+
+# --- capacity ---------------------------------------------------------------------------------
+
+ONE_CHANNEL = {"max_channels": 1}
+
+
+@pytest.mark.parametrize("server", [ONE_CHANNEL], indirect=True)
+async def test_when_every_channel_slot_is_busy_each_transport_says_so_and_recovers(
+    server: rawrt.Server, stack: Stack
+) -> None:
+    ws = await stack.enter_async_context(ws_connect(server.port))
+    await ws_subscribe(ws, "busy")  # the one slot, held by a listener
+    # A WebSocket subscribe gets an error frame and stays open.
+    await ws.send(json.dumps({"type": "subscribe", "channel": "other"}))
+    error = await ws_recv(ws)
+    assert error["type"] == "error"
+    # Publishing over HTTP and polling get 503.
+    _assert_json_error(await request(server.port, "POST", "/api/publish/other", "1"), 503)
+    _assert_json_error(await request(server.port, "GET", "/api/poll/other?timeout=0"), 503)
+    # An event stream gets a 200 that ends at once with a retry hint (a browser's EventSource
+    # gives up for good on any other status, and reconnects after `retry` on a clean end).
+    sse = await stack.enter_async_context(SseClient(server.port, "/api/sse/subscribe/other"))
+    assert sse.status == 200
+    assert await sse.read_to_end(timeout_s=2) == []
+    assert sse.parser.reconnection_time_ms is not None
+    # Once the slot is free, the same requests succeed.
+    await ws.send(json.dumps({"type": "unsubscribe", "channel": "busy"}))
+    assert (await ws_recv(ws))["type"] == "unsubscribed"
+    await ws_subscribe(ws, "other")
+    reply = await request(server.port, "POST", "/api/publish/other", "1")
+    assert reply.status == 200
+    assert (await ws_recv(ws))["id"] == reply.json()["id"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
@@ -17,6 +18,7 @@ from support.clients import (
     SseClient,
     client_frame,
     event_json,
+    request,
     ws_connect,
     ws_recv,
     ws_recv_many,
@@ -147,3 +149,23 @@ async def test_channel_name_over_max_channel_bytes_is_refused_everywhere(
     async with poller:
         response = await poller.send("GET", f"/api/poll/{'x' * 257}?timeout=0")
     assert response.status == 400
+
+
+async def test_client_close_is_answered_with_the_same_code(
+    server: rawrt.Server, stack: Stack
+) -> None:
+    ws = await stack.enter_async_context(ws_connect(server.port))
+    await ws_subscribe(ws, "leaving")
+    await ws.close(code=4000, reason="done here")
+    assert ws.close_code == 4000  # §5.5.1: the server echoes the code it received
+    # The server forgot the subscription: publishing to the channel still works.
+    assert (await request(server.port, "POST", "/api/publish/leaving", "1")).status == 200
+
+
+async def test_client_ping_frame_gets_a_pong_with_its_payload(
+    server: rawrt.Server, stack: Stack
+) -> None:
+    ws = await stack.enter_async_context(ws_connect(server.port))
+    async with asyncio.timeout(5):
+        latency = await (await ws.ping(b"are you there"))
+    assert latency >= 0
