@@ -275,7 +275,10 @@ class HttpConnection(asyncio.Protocol):
         """Answer a bad request and close: after one, the byte stream cannot be trusted."""
         if self._transport is None:
             return
-        if exc.status >= 500:
+        # Only a 500 is ours: h11 classifies some peer input as 5xx too (501 for a
+        # Transfer-Encoding other than chunked), and logging those as bugs lets any client
+        # write error lines at will.
+        if exc.status == 500:
             log.error("bug answering request: %s", exc)
         self._request = None
         self._transport.write(http.error_response(exc.status, exc.detail, headers=exc.headers))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -317,3 +318,20 @@ async def test_when_every_channel_slot_is_busy_each_transport_says_so_and_recove
     reply = await request(server.port, "POST", "/api/publish/other", "1")
     assert reply.status == 200
     assert (await ws_recv(ws))["id"] == reply.json()["id"]
+
+
+async def test_unsupported_transfer_encoding_gets_501_and_is_not_logged_as_a_bug(
+    server: rawrt.Server, bystanders: Bystanders, caplog: pytest.LogCaptureFixture
+) -> None:
+    raw = (
+        f"POST /api/publish/watch HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: gzip\r\n\r\n"
+    ).encode()
+    with caplog.at_level(logging.ERROR, logger="rawrt"):
+        _assert_json_error(await request(server.port, "POST", "", raw=raw), 501)
+    assert caplog.records == []
+
+
+async def test_request_target_over_max_target_bytes_gets_414(
+    server: rawrt.Server, bystanders: Bystanders
+) -> None:
+    _assert_json_error(await request(server.port, "GET", "/api/poll/" + "x" * 9000), 414)

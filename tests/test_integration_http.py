@@ -5,29 +5,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import AsyncIterator
 
 import pytest
-from support.clients import HOST, request
+from support.clients import HOST, read_response, request
 
 import rawrt
 
 
-async def _exchange(port: int, data: bytes, responses: int) -> list[tuple[int, bytes]]:
-    """Write `data` at once and read `responses` responses (status, body) back."""
+@contextlib.asynccontextmanager
+async def _connection(
+    port: int,
+) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
     reader, writer = await asyncio.open_connection(HOST, port)
-    got = []
     try:
-        async with asyncio.timeout(5):
-            writer.write(data)
-            for _ in range(responses):
-                head = await reader.readuntil(b"\r\n\r\n")
-                status = int(head.split(b" ", 2)[1])
-                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-                got.append((status, await reader.readexactly(length)))
+        yield reader, writer
     finally:
         writer.close()
         with contextlib.suppress(ConnectionError):
             await writer.wait_closed()
+
+
+async def _responses(reader: asyncio.StreamReader, count: int) -> list[tuple[int, bytes]]:
+    """Read `count` responses (status, body)."""
+    got = []
+    async with asyncio.timeout(5):
+        for _ in range(count):
+            response = await read_response(reader)
+            got.append((response.status, response.body))
     return got
 
 
@@ -44,7 +49,9 @@ def _post(target: str, body: object) -> bytes:
 
 async def test_pipelined_requests_are_answered_in_order(server: rawrt.Server) -> None:
     data = _post("/api/publish/pipe", 1) + _get("/healthz") + _post("/api/broadcast/pipe", 2)
-    answers = await _exchange(server.port, data, 3)
+    async with _connection(server.port) as (reader, writer):
+        writer.write(data)
+        answers = await _responses(reader, 3)
     assert [status for status, _ in answers] == [200, 200, 200]
     first, health, second = (json.loads(body) for _, body in answers)
     assert first["published"] and health == {"status": "ok"} and second["sent"]
@@ -55,12 +62,12 @@ async def test_request_pipelined_behind_a_parked_poll_is_served_after_it(
 ) -> None:
     head = await server.publish("behind", "old")
     data = _get(f"/api/poll/behind?since={head}&timeout=5") + _get("/healthz")
-    exchange = asyncio.create_task(_exchange(server.port, data, 2))
-    # The poll parks; the health check waits behind it (responses keep request order).
-    assert (await request(server.port, "GET", "/healthz")).status == 200
-    assert not exchange.done()
-    new = await server.publish("behind", "new")
-    (poll_status, poll_body), (health_status, _) = await exchange
+    async with _connection(server.port) as (reader, writer):
+        writer.write(data)
+        # The poll parks; the health check waits behind it (responses keep request order).
+        assert (await request(server.port, "GET", "/healthz")).status == 200
+        new = await server.publish("behind", "new")
+        (poll_status, poll_body), (health_status, _) = await _responses(reader, 2)
     assert (poll_status, json.loads(poll_body)) == (200, {"messages": ["new"], "cursor": new})
     assert health_status == 200
 
@@ -80,46 +87,29 @@ async def test_preflight_gets_cors_headers(server: rawrt.Server) -> None:
 
 @pytest.mark.parametrize("server", [{"request_timeout_s": 0.2}], indirect=True)
 async def test_request_that_never_finishes_arriving_gets_408(server: rawrt.Server) -> None:
-    reader, writer = await asyncio.open_connection(HOST, server.port)
-    try:
+    async with _connection(server.port) as (reader, writer):
         writer.write(b"GET /healthz HTTP/1.1\r\nHost: slow")  # and nothing more
         async with asyncio.timeout(3):
-            response = await reader.read()
-        assert response.startswith(b"HTTP/1.1 408 ")
-    finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
+            response = await read_response(reader)
+            assert response.status == 408
+            assert await reader.read() == b""
 
 
 @pytest.mark.parametrize("server", [{"keepalive_timeout_s": 0.2}], indirect=True)
 async def test_idle_keep_alive_connection_is_closed_after_its_timeout(
     server: rawrt.Server,
 ) -> None:
-    reader, writer = await asyncio.open_connection(HOST, server.port)
-    try:
+    async with _connection(server.port) as (reader, writer):
         writer.write(_get("/healthz"))
         async with asyncio.timeout(3):
-            head = await reader.readuntil(b"\r\n\r\n")
-            assert head.startswith(b"HTTP/1.1 200 ")
-            await reader.readexactly(int(head.lower().split(b"content-length:")[1][:4].strip()))
+            assert (await read_response(reader)).status == 200
             assert await reader.read() == b""  # closed by the server, with nothing more
-    finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
 
 
 async def test_http_1_0_request_is_answered_and_closed(server: rawrt.Server) -> None:
-    raw = b"GET /healthz HTTP/1.0\r\n\r\n"
-    reader, writer = await asyncio.open_connection(HOST, server.port)
-    try:
-        writer.write(raw)
+    async with _connection(server.port) as (reader, writer):
+        writer.write(b"GET /healthz HTTP/1.0\r\n\r\n")
         async with asyncio.timeout(3):
-            response = await reader.read()
-        assert response.startswith(b"HTTP/1.1 200 ")
-        assert response.endswith(b'{"status":"ok"}')
-    finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
+            response = await read_response(reader)
+            assert (response.status, response.json()) == (200, {"status": "ok"})
+            assert await reader.read() == b""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 from support.clients import PollClient, request
 
@@ -16,12 +17,12 @@ import rawrt
 POLLERS = 20
 
 
-async def _park_all(pollers: list[PollClient], server: rawrt.Server) -> list[asyncio.Task[dict]]:
-    """Send every poller's request; returns their pending answers."""
-    polls = [asyncio.create_task(p.poll(timeout=10)) for p in pollers]
-    # A request that reaches the server after a publish is answered from the log (it asks
-    # from its cursor), so the test holds either way; this round trip only makes it likely
-    # that all of them are parked first, which is the case under test.
+async def _park_all(pollers: list[PollClient], server: rawrt.Server) -> list[asyncio.Task[Any]]:
+    """Send every poller's request and see them parked; returns their pending answers."""
+    polls = [await p.poll_sent(timeout=10) for p in pollers]
+    # A round trip that starts after every poll was written ends after the server read them.
+    # (Even a poll read after a publish would get the message, from the log: it asks from
+    # its cursor. Parked is the case under test, though.)
     assert (await request(server.port, "GET", "/healthz")).status == 200
     assert not any(p.done() for p in polls)
     return polls

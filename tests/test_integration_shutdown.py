@@ -36,9 +36,9 @@ class Clients:
         await self.sse.next_event()  # connected
         self.poller = await stack.enter_async_context(PollClient(port, "bye"))
         self.head = await self.poller.start_at_head()
-        self.poll = asyncio.create_task(self.poller.poll(timeout=30, bound_s=10))
+        self.poll = await self.poller.poll_sent(timeout=30, bound_s=10)
         self.idle = await stack.enter_async_context(_IdleConnection(port))
-        # A round trip after the poll was sent, so it is most likely parked by now.
+        # A round trip that starts after the poll was written: the poll is parked by its end.
         assert (await request(port, "GET", "/healthz")).status == 200
         return self
 

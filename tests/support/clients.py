@@ -44,6 +44,7 @@ __all__ = [
     "SseClient",
     "SseEvent",
     "event_json",
+    "read_response",
     "request",
     "ws_connect",
     "ws_recv",
@@ -124,7 +125,7 @@ async def _read_chunked(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
         yield chunk[:-2]
 
 
-async def _read_response(reader: asyncio.StreamReader, method: str = "GET") -> Response:
+async def read_response(reader: asyncio.StreamReader, method: str = "GET") -> Response:
     status, headers = await _read_head(reader)
     while 100 <= status < 200 and status != 101:  # interim responses (100 Continue)
         status, headers = await _read_head(reader)
@@ -157,7 +158,7 @@ async def request(
         reader, writer = await asyncio.open_connection(HOST, port)
         try:
             writer.write(data)
-            return await _read_response(reader, method)
+            return await read_response(reader, method)
         finally:
             writer.close()
             await _closed(writer)
@@ -174,6 +175,7 @@ class HttpClient:
     def __init__(self, port: int) -> None:
         self.port = port
         self.connections_opened = 0
+        self.written = asyncio.Event()  # set once a request's bytes are in the socket
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
@@ -206,7 +208,8 @@ class HttpClient:
                 self.connections_opened += 1
             assert self._reader is not None
             self._writer.write(_encode_request(method, target, body, headers, self.port, False))
-            response = await _read_response(self._reader, method)
+            self.written.set()
+            response = await read_response(self._reader, method)
         if response.closes:
             await self.close()
         return response
@@ -250,6 +253,19 @@ class PollClient(HttpClient):
         if body.get("reset"):
             self.resets += 1
         return body
+
+    async def poll_sent(self, **options: Any) -> asyncio.Task[dict[str, Any]]:
+        """Start a poll in the background; returns once its request has been written.
+
+        A request written before a later round trip on another connection has been read by
+        the server when that round trip ends (the server reads every ready socket each turn
+        of its loop), so that round trip is the signal that this poll is parked.
+        """
+        self.written.clear()
+        task = asyncio.create_task(self.poll(**options))
+        async with asyncio.timeout(TIMEOUT_S):
+            await self.written.wait()
+        return task
 
     async def start_at_head(self) -> str:
         """Learn the channel's head cursor (a poll that times out at once)."""
