@@ -34,8 +34,8 @@ QUIET_PATCH_WRITER = pytest.mark.filterwarnings(
 settings.register_profile("rawrt-core", max_examples=100, deadline=None)
 settings.register_profile(
     "rawrt-stateful",
-    max_examples=120,
-    stateful_step_count=40,
+    max_examples=200,
+    stateful_step_count=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
