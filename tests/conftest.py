@@ -13,7 +13,8 @@
 
 Event loops: integration test modules (`test_integration_*.py`) run every async test on the
 stock asyncio loop and, when uvloop is installed, on uvloop too; other modules keep the stock
-loop. A module narrows that with `pytest.mark.asyncio(loop_factories=["asyncio"])`.
+loop. Any test chooses with `pytest.mark.asyncio(loop_factories=["asyncio"])` (or
+`["uvloop"]`, skipped where uvloop is missing).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import pytest
 
 import rawrt
 
+uvloop: Any
 try:
     import uvloop
 except ImportError:  # the stock loop still runs everything
@@ -47,10 +49,14 @@ StartServer = Callable[..., Awaitable[rawrt.Server]]
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
-    factories: dict[str, Any] = {"asyncio": asyncio.new_event_loop}
-    if uvloop is not None and item.path.name.startswith("test_integration_"):
-        factories["uvloop"] = uvloop.new_event_loop
-    return factories
+    stock = {"asyncio": asyncio.new_event_loop}
+    every = {**stock, **({"uvloop": uvloop.new_event_loop} if uvloop is not None else {})}
+    marker = item.get_closest_marker("asyncio")
+    if item.path.name.startswith("test_integration_") or (
+        marker is not None and "loop_factories" in marker.kwargs
+    ):
+        return every
+    return stock
 
 
 # --- servers in the test's loop ---------------------------------------------------------------

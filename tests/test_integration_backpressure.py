@@ -24,6 +24,7 @@ from support.clients import (
     ws_recv_many,
     ws_subscribe,
 )
+from websockets.asyncio.client import ClientConnection
 
 import rawrt
 
@@ -37,7 +38,7 @@ FLOW = {
     "write_low_water": 4 * 1024,
     "history_max_bytes": 64 * 1024 * 1024,  # the history is bounded by count in these tests
 }
-SMALL = {"rcvbuf": 4096}  # the slow subscriber's SO_RCVBUF
+SLOW_RCVBUF = 4096  # the slow subscriber's SO_RCVBUF
 SLOW_KINDS = ["ws", "sse"]
 Stack = contextlib.AsyncExitStack
 
@@ -45,17 +46,19 @@ Stack = contextlib.AsyncExitStack
 class FastSubscribers:
     """A WebSocket, an SSE and a poll subscriber that keep reading."""
 
+    def __init__(self, ws: ClientConnection, sse: SseClient, poller: PollClient) -> None:
+        self.ws, self.sse, self.poller = ws, sse, poller
+
     @classmethod
     async def join(cls, server: rawrt.Server, stack: Stack, channel: str) -> FastSubscribers:
-        self = cls()
-        self.ws = await stack.enter_async_context(ws_connect(server.port, max_size=None))
-        await ws_subscribe(self.ws, channel)
+        ws = await stack.enter_async_context(ws_connect(server.port, max_size=None))
+        await ws_subscribe(ws, channel)
         target = f"/api/sse/subscribe/{channel}"
-        self.sse = await stack.enter_async_context(SseClient(server.port, target))
-        await self.sse.next_event()  # connected
-        self.poller = await stack.enter_async_context(PollClient(server.port, channel))
-        await self.poller.start_at_head()
-        return self
+        sse = await stack.enter_async_context(SseClient(server.port, target))
+        await sse.next_event()  # connected
+        poller = await stack.enter_async_context(PollClient(server.port, channel))
+        await poller.start_at_head()
+        return cls(ws, sse, poller)
 
     async def receive(self, count: int) -> list[list[int]]:
         """The next `count` messages on each transport, as their `n`."""
@@ -78,15 +81,19 @@ class SlowSubscriber:
 
     @classmethod
     async def join(
-        cls, kind: str, server: rawrt.Server, stack: Stack, channel: str
+        cls, kind: str, server: rawrt.Server, stack: Stack, channel: str, since: str | None = None
     ) -> SlowSubscriber:
+        """Subscribe (from `since` if given) and wait for the ready signal."""
         if kind == "ws":
-            ws = await stack.enter_async_context(await RawWebSocket.connect(server.port, **SMALL))
-            await ws.send_json({"type": "subscribe", "channel": channel})
+            ws = await RawWebSocket.connect(server.port, rcvbuf=SLOW_RCVBUF)
+            await stack.enter_async_context(ws)
+            command = {"type": "subscribe", "channel": channel}
+            await ws.send_json({**command, "since": since} if since else command)
             assert (await ws.recv_json())["type"] == "subscribed"
             return cls(kind, ws)
-        target = f"/api/sse/subscribe/{channel}"
-        sse = await stack.enter_async_context(await RawSse.connect(server.port, target, **SMALL))
+        target = f"/api/sse/subscribe/{channel}" + (f"?lastEventId={since}" if since else "")
+        sse = await RawSse.connect(server.port, target, rcvbuf=SLOW_RCVBUF)
+        await stack.enter_async_context(sse)
         assert event_json(await sse.next_event()) == {"type": "connected"}
         return cls(kind, sse)
 
@@ -185,16 +192,7 @@ async def test_subscriber_resuming_far_behind_gets_the_whole_backlog_in_order(
     server: rawrt.Server, stack: Stack, kind: str
 ) -> None:
     ids = [await server.publish("backlog", {"n": n, "pad": PAYLOAD}) for n in range(COUNT)]
-    target = "/api/sse/subscribe/backlog?lastEventId=" + ids[0]
-    if kind == "ws":
-        ws = await stack.enter_async_context(await RawWebSocket.connect(server.port, **SMALL))
-        await ws.send_json({"type": "subscribe", "channel": "backlog", "since": ids[0]})
-        assert (await ws.recv_json())["type"] == "subscribed"
-        slow = SlowSubscriber(kind, ws)
-    else:
-        sse = await stack.enter_async_context(await RawSse.connect(server.port, target, **SMALL))
-        assert event_json(await sse.next_event()) == {"type": "connected"}
-        slow = SlowSubscriber(kind, sse)
+    slow = await SlowSubscriber.join(kind, server, stack, "backlog", since=ids[0])
     frames = await _read_until(slow, lambda frame: frame.get("id") == ids[-1])
     assert _check_sequence(frames, ids, first=1) == 0
     assert [f["data"]["n"] for f in frames] == list(range(1, COUNT))

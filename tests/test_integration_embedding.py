@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 import pytest
 from support.clients import (
@@ -24,6 +25,7 @@ from support.clients import (
 
 import rawrt
 
+uvloop: Any
 try:
     import uvloop
 except ImportError:

@@ -121,6 +121,7 @@ async def test_sse_stream_has_event_stream_headers_retry_and_heartbeats(
     assert sse.headers["content-type"].startswith("text/event-stream")
     assert sse.headers["cache-control"] == "no-cache"
     assert sse.headers["x-accel-buffering"] == "no"
+    assert sse.headers["access-control-allow-origin"] == "*"  # EventSource across origins
     first = await sse.next_event()
     assert first is not None and event_json(first) == {"type": "connected"}
     assert sse.parser.reconnection_time_ms == 1234

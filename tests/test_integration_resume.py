@@ -211,3 +211,15 @@ async def test_id_rawrt_never_made_gets_reset_then_live(
 ) -> None:
     head = (await _publish(server, "odd", range(1, 3)))[-1]
     await _expect_reset_then_live(server, stack, target, "odd", "not-an-id", head)
+
+
+@pytest.mark.parametrize("server", [{"max_channels": 1}], indirect=True)
+@pytest.mark.parametrize("target", TRANSPORTS)
+async def test_id_from_an_evicted_channel_gets_reset_then_live(
+    server: rawrt.Server, stack: Stack, target: str
+) -> None:
+    old = await _publish(server, "evicted", range(1, 3))
+    await _publish(server, "newcomer", range(1, 2))  # takes the only slot: "evicted" goes
+    await server.publish("evicted", {"n": 1})  # ... and comes back, a new history
+    head = await server.publish("evicted", {"n": 2})
+    await _expect_reset_then_live(server, stack, target, "evicted", old[0], head)

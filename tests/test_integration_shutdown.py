@@ -16,6 +16,7 @@ from support.clients import (
     ws_connect,
     ws_subscribe,
 )
+from websockets.asyncio.client import ClientConnection
 
 import rawrt
 
@@ -27,20 +28,29 @@ STOPS_WITHIN_S = 2.0
 class Clients:
     """One client of each kind, connected and waiting when the server stops."""
 
+    def __init__(
+        self,
+        ws: ClientConnection,
+        sse: SseClient,
+        head: str,
+        poll: asyncio.Task[dict[str, Any]],
+        idle: _IdleConnection,
+    ) -> None:
+        self.ws, self.sse, self.head, self.poll, self.idle = ws, sse, head, poll, idle
+
     @classmethod
     async def connect(cls, port: int, stack: Stack) -> Clients:
-        self = cls()
-        self.ws = await stack.enter_async_context(ws_connect(port))
-        await ws_subscribe(self.ws, "bye")
-        self.sse = await stack.enter_async_context(SseClient(port, "/api/sse/subscribe/bye"))
-        await self.sse.next_event()  # connected
-        self.poller = await stack.enter_async_context(PollClient(port, "bye"))
-        self.head = await self.poller.start_at_head()
-        self.poll = await self.poller.poll_sent(timeout=30, bound_s=10)
-        self.idle = await stack.enter_async_context(_IdleConnection(port))
+        ws = await stack.enter_async_context(ws_connect(port))
+        await ws_subscribe(ws, "bye")
+        sse = await stack.enter_async_context(SseClient(port, "/api/sse/subscribe/bye"))
+        await sse.next_event()  # connected
+        poller = await stack.enter_async_context(PollClient(port, "bye"))
+        head = await poller.start_at_head()
+        poll = await poller.poll_sent(timeout=30, bound_s=10)
+        idle = await stack.enter_async_context(_IdleConnection(port))
         # A round trip that starts after the poll was written: the poll is parked by its end.
         assert (await request(port, "GET", "/healthz")).status == 200
-        return self
+        return cls(ws, sse, head, poll, idle)
 
     async def check_goodbyes(self) -> None:
         async with asyncio.timeout(STOPS_WITHIN_S):

@@ -179,7 +179,7 @@ class HttpClient:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
-    async def __aenter__(self) -> HttpClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -320,7 +320,7 @@ class SseClient:
         self._chunks: AsyncIterator[bytes] | None = None
         self._queue: list[SseEvent] = []
 
-    async def __aenter__(self) -> SseClient:
+    async def __aenter__(self) -> Self:
         await self.connect()
         return self
 
