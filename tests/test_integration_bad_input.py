@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import socket
+import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,6 +18,7 @@ import pytest
 from support.clients import (
     HOST,
     HttpClient,
+    PollClient,
     RawWebSocket,
     SseClient,
     event_json,
@@ -335,3 +338,31 @@ async def test_request_target_over_max_target_bytes_gets_414(
     server: rawrt.Server, bystanders: Bystanders
 ) -> None:
     _assert_json_error(await request(server.port, "GET", "/api/poll/" + "x" * 9000), 414)
+
+
+# --- clients that vanish ----------------------------------------------------------------------
+
+
+async def test_subscribers_that_vanish_mid_stream_leave_no_trace(
+    server: rawrt.Server, stack: Stack, bystanders: Bystanders, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="rawrt")
+    ws = await RawWebSocket.connect(server.port)
+    await ws.send_json({"type": "subscribe", "channel": "watch"})
+    assert (await ws.recv_json())["type"] == "subscribed"
+    sse = SseClient(server.port, "/api/sse/subscribe/watch")
+    await sse.connect()
+    await sse.next_event()  # connected
+    poller = PollClient(server.port, "watch")
+    await poller.start_at_head()
+    parked = await poller.poll_sent(timeout=30)
+    assert (await request(server.port, "GET", "/healthz")).status == 200  # the poll is parked
+    # All three go away without a goodbye; the WebSocket with a reset (SO_LINGER 0).
+    ws.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    ws.close()
+    await sse.close()
+    parked.cancel()
+    await poller.close()
+    for _ in range(3):
+        await bystanders.check()  # publishes while the server finds out
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
