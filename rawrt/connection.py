@@ -206,6 +206,10 @@ class HttpConnection(asyncio.Protocol):
         self._cancel_timer()
         request = _request_of(event, b"".join(self._body))
         self._body = []
+        if self._server.stopping:
+            # This connection closes after its answer (send() sees to that); RFC 9112 §9.6:
+            # say so in the answer, so a client knows not to send anything more on it.
+            request.keep_alive = False
         try:
             handler, channel = self._server.router.resolve(request)
             reply = handler(request, self, channel)
