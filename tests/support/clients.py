@@ -35,6 +35,12 @@ from .sse_parser import SseParser
 
 __all__ = [
     "HOST",
+    "OP_BINARY",
+    "OP_CLOSE",
+    "OP_CONT",
+    "OP_PING",
+    "OP_PONG",
+    "OP_TEXT",
     "HttpClient",
     "PollClient",
     "RawSocket",
@@ -43,6 +49,7 @@ __all__ = [
     "Response",
     "SseClient",
     "SseEvent",
+    "client_frame",
     "event_json",
     "read_response",
     "request",
