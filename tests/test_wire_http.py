@@ -28,6 +28,23 @@ def test_split_target_decodes_utf8_segments_and_blank_parameters() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        (b"http://example.com/api/poll/a%2Fb?since=x", (["api", "poll", "a/b"], {"since": "x"})),
+        (b"HTTPS://h:8000/healthz", (["healthz"], {})),
+        (b"http://h", ([""], {})),
+        (b"http://h?x=1", ([""], {"x": "1"})),
+        (b"/a://b", (["a:", "", "b"], {})),
+    ],
+)
+def test_absolute_form_target_is_read_as_its_path_and_query(
+    target: bytes, expected: tuple[list[str], dict[str, str]]
+) -> None:
+    # RFC 9112 §3.2.2: "A server MUST accept the absolute-form in requests".
+    assert http.split_target(target) == expected
+
+
 @pytest.mark.parametrize("target", [b"", b"*", b"api/x", b"/a/%ff", b"/a?x=%c3", b"/a/%C3%28"])
 def test_split_target_refuses_with_400(target: bytes) -> None:
     with pytest.raises(HttpError) as caught:
@@ -36,15 +53,21 @@ def test_split_target_refuses_with_400(target: bytes) -> None:
 
 
 @CORE
-@given(target=st.binary(max_size=60) | st.binary(max_size=60).map(lambda b: b"/" + b))
+@given(
+    target=st.binary(max_size=60)
+    | st.binary(max_size=60).map(lambda b: b"/" + b)
+    | st.binary(max_size=60).map(lambda b: b"http://" + b)
+)
 def test_split_target_answers_or_raises_http_error_on_any_bytes(target: bytes) -> None:
     try:
         segments, _ = http.split_target(target)
     except HttpError as exc:
         assert exc.status == 400
         return
-    assert target.startswith(b"/")
-    assert len(segments) == target.split(b"?")[0].count(b"/")
+    if target.startswith(b"/"):
+        assert len(segments) == target.split(b"?")[0].count(b"/")
+    else:
+        assert target.lower().startswith((b"http://", b"https://"))
 
 
 no_surrogates = st.text(st.characters(exclude_categories=("Cs",)))

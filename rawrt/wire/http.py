@@ -90,7 +90,7 @@ def split_target(target: bytes) -> tuple[list[str], dict[str, str]]:
     `/api/poll/a%2Fb?since=x` gives `(["api", "poll", "a/b"], {"since": "x"})`: segments are
     decoded one by one, so an encoded '/' stays inside a channel name.
     """
-    text = target.decode("ascii", "replace")
+    text = _origin_form(target.decode("ascii", "replace"))
     path, _, query = text.partition("?")
     if not path.startswith("/"):
         raise HttpError(400, "request target must be a path")
@@ -100,3 +100,17 @@ def split_target(target: bytes) -> tuple[list[str], dict[str, str]]:
     except UnicodeDecodeError:
         raise HttpError(400, "request target is not valid UTF-8") from None
     return segments, params
+
+
+def _origin_form(text: str) -> str:
+    """The path and query of an absolute-form target (`http://host/path?query`).
+
+    RFC 9112 §3.2.2: "A server MUST accept the absolute-form in requests". It used to get
+    400 here. An empty path is "/"; any other target comes back unchanged.
+    """
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        return text
+    ends = [i for i in (rest.find("/"), rest.find("?")) if i >= 0]
+    tail = rest[min(ends) :] if ends else ""
+    return tail if tail.startswith("/") else "/" + tail
