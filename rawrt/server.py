@@ -55,6 +55,7 @@ class Server:
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: asyncio.Server | None = None
+        self._port: int | None = None  # kept after stop(): the listener's sockets are gone
         self._connections: set[Any] = set()
         self._sockets: set[WebSocketSession] = set()
         self._streams: set[EventStream] = set()
@@ -85,6 +86,7 @@ class Server:
             reuse_port=self.config.workers > 1 or None,
             backlog=4096,
         )
+        self._port = int(self._listener.sockets[0].getsockname()[1])
         self._next_heartbeat = loop.time() + self.config.sse_heartbeat_s
         self._schedule_sweep()
         log.info("listening on %s", self.url)
@@ -128,8 +130,9 @@ class Server:
 
     @property
     def port(self) -> int:
-        assert self._listener is not None, "start() the server first"
-        return int(self._listener.sockets[0].getsockname()[1])
+        # Read from the listener it raised IndexError once stop() had closed it.
+        assert self._port is not None, "start() the server first"
+        return self._port
 
     @property
     def url(self) -> str:

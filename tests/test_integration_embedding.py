@@ -69,6 +69,7 @@ async def test_embedded_server_as_async_context_manager(stack: Stack) -> None:
         port = server.port
         await _serves(port, stack, server.publish)
         await stack.aclose()
+    assert server.port == port  # still known, for the embedder's logs
     with pytest.raises(OSError):
         await request(port, "GET", "/healthz")
 
