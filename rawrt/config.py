@@ -148,7 +148,8 @@ def _problems(c: Config) -> list[str]:
         "max_pending_publishes",
     )
     for name in positive:
-        if getattr(c, name) <= 0:
+        value = getattr(c, name)
+        if not value > 0:  # written so that NaN fails too
             found.append(f"{name} must be positive, not {getattr(c, name)!r}")
     if not 0 <= c.port <= 65535:
         found.append(f"port must be in 0..65535, not {c.port}")
@@ -156,12 +157,13 @@ def _problems(c: Config) -> list[str]:
         found.append("write_low_water must be at least 0 and below write_high_water")
     if c.poll_timeout_s > c.poll_max_timeout_s:
         found.append("poll_timeout_s must not exceed poll_max_timeout_s")
-    if c.redis_linger_s < 0 or c.redis_history_ttl_s < 0:
-        found.append("redis_linger_s and redis_history_ttl_s must not be negative")
-    if c.sse_retry_ms < 0:
-        found.append("sse_retry_ms must not be negative")
-    if c.shutdown_timeout_s < 0:
-        found.append("shutdown_timeout_s must not be negative")
+    for name in ("redis_linger_s", "redis_history_ttl_s", "shutdown_timeout_s", "sse_retry_ms"):
+        if not getattr(c, name) >= 0:  # NaN fails too
+            found.append(f"{name} must not be negative, not {getattr(c, name)!r}")
+    if c.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        found.append(f"log_level must be debug, info, warning, error or critical: {c.log_level!r}")
+    if any(ch in c.cors_origin for ch in "\r\n\0"):
+        found.append("cors_origin must be a single header value")
     if c.echo_path is not None and not c.echo_path.startswith("/"):
         found.append("echo_path must start with '/'")
     if c.workers > 1 and not c.redis_url:

@@ -66,6 +66,7 @@ class HttpConnection(asyncio.Protocol):
 
     __slots__ = (
         "_body",
+        "_body_bytes",
         "_parser",
         "_receiving",
         "_request",
@@ -81,6 +82,7 @@ class HttpConnection(asyncio.Protocol):
         self._parser = self._new_parser(b"")
         self._request: h11.Request | None = None
         self._body: list[bytes] = []
+        self._body_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
         self._receiving = False  # a request has begun to arrive: its deadline runs
         self._waiting: asyncio.Future[Reply] | None = None  # an answer being worked out
@@ -187,6 +189,7 @@ class HttpConnection(asyncio.Protocol):
         self._begin_receiving()
         self._request = event
         self._body = []
+        self._body_bytes = 0
         _check_head(event, self._server.config)
         length = _content_length(event)
         if length is not None and length > self._server.config.max_body_bytes:
@@ -196,7 +199,8 @@ class HttpConnection(asyncio.Protocol):
 
     def _add_body(self, data: bytes) -> None:
         self._body.append(data)
-        if sum(map(len, self._body)) > self._server.config.max_body_bytes:
+        self._body_bytes += len(data)
+        if self._body_bytes > self._server.config.max_body_bytes:
             raise HttpError(413, f"body is larger than {self._server.config.max_body_bytes} bytes")
 
     def _finish_request(self) -> None:
@@ -216,7 +220,7 @@ class HttpConnection(asyncio.Protocol):
         except HttpError as exc:
             reply = self._error_reply(exc, request)
         if isinstance(reply, bytes):
-            self.send(reply, request.keep_alive)
+            self.send(_for_method(reply, request), request.keep_alive)
         elif reply is not None:
             self._await_reply(reply, request)
         # else: the handler took the connection over
@@ -243,7 +247,7 @@ class HttpConnection(asyncio.Protocol):
             log.exception("bug while serving a request (connection %x)", id(self))
             reply = self._error_reply(HttpError(500, "internal error"), request)
         if reply is not None:
-            self.send(reply, request.keep_alive)
+            self.send(_for_method(reply, request), request.keep_alive)
             self._process()  # requests pipelined behind this one
 
     @property
@@ -359,3 +363,10 @@ def _request_of(event: h11.Request, body: bytes) -> Request:
         body,
         keep_alive,
     )
+
+
+def _for_method(reply: bytes, request: Request) -> bytes:
+    """RFC 9110 §9.3.2: a response to HEAD is the GET response's head, with no content."""
+    if request.method != b"HEAD":
+        return reply
+    return reply[: reply.index(b"\r\n\r\n") + 4]

@@ -313,7 +313,9 @@ class Hub:
         """
         ch = self._channels.get(name)
         if ch is None:
-            self._fill(self._add(name, epoch, self._new_log(head)), head, entries)
+            ch = self._add(name, epoch, self._new_log(head))
+            self._fill(ch, head, entries)
+            self._within_budget(ch)
             return
         self._flush_now(ch)
         have = ch.log.head

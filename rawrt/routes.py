@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 __all__ = ["Router"]
 
 CHANNEL = "{channel}"
+# Routes that also answer HEAD (RFC 9110 §9.3.2), for probes; the others stream or upgrade.
+_HEAD_OK = frozenset({"healthz", "readyz"})
 AnyReply = Reply | Awaitable[Reply]
 Handler = Callable[[Request, HttpConnection, str], AnyReply]
 
@@ -59,7 +61,7 @@ class Router:
             channel = _match(pattern, request.path)
             if channel is None:
                 continue
-            if method == request.method:
+            if method == request.method or (request.method == b"HEAD" and name in _HEAD_OK):
                 return getattr(self, "_" + name), channel
             allowed.append(method)
         if not allowed:

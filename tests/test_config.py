@@ -77,9 +77,6 @@ def test_replace_validates_again() -> None:
         Config().replace(history_size=0)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="reported: float settings accept NaN (NaN <= 0 is False), e.g. RAWRT_*=nan"
-)
 @pytest.mark.parametrize("name", ["ping_interval_s", "request_timeout_s", "poll_timeout_s"])
 def test_float_settings_refuse_nan(name: str) -> None:
     with pytest.raises(ConfigError):

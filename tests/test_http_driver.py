@@ -252,10 +252,6 @@ async def test_request_within_every_limit_is_served() -> None:
     assert _statuses(output) == [200] and not closed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reported: responses to HEAD (405, 404, ...) carry a body on a kept-alive connection",
-)
 async def test_response_to_head_has_no_body_so_the_next_response_follows_its_head() -> None:
     data = _request("HEAD /healthz HTTP/1.1\nHost: h\n") + _request(
         "GET /healthz HTTP/1.1\nHost: h\n"
