@@ -1296,8 +1296,8 @@ static int burst_done(uint64_t k, uint64_t count) {
  * or nothing at all arrives for --stall-ms: a server that dropped a message
  * for some subscriber will never complete the burst, and waiting the full
  * timeout for each would only cost time (what arrives late still counts). */
-static int wait_burst(uint64_t k, uint64_t count, uint64_t timeout_ns) {
-    uint64_t start = now_ns(), deadline = start + timeout_ns, stall = (uint64_t)O.stall_ms * MS;
+static int wait_burst(uint64_t k, uint64_t count, uint64_t timeout_ns, uint64_t stall) {
+    uint64_t start = now_ns(), deadline = start + timeout_ns;
     uint64_t seen = S.delivered, last_progress = start;
     while (!burst_done(k, count)) {
         uint64_t now = now_ns();
@@ -1329,7 +1329,7 @@ static void run_fanout(struct phase *ph) {
     for (uint64_t k = ph->k_begin; k < ph->k_end && !S.stop; k += (uint64_t)ph->burst) {
         uint64_t count = ph->k_end - k < (uint64_t)ph->burst ? ph->k_end - k : (uint64_t)ph->burst;
         publish(ph, k, count);
-        if (wait_burst(k, count, (uint64_t)O.timeout_ms * MS)) {
+        if (wait_burst(k, count, (uint64_t)O.timeout_ms * MS, (uint64_t)O.stall_ms * MS)) {
             misses = 0;
             continue;
         }
@@ -1364,7 +1364,8 @@ static void run_rate(struct phase *ph, double msgs_per_s) {
         loop_once(0);
     }
     uint64_t last = now_ns();
-    if (!wait_burst(ph->k_begin, ph->k_published - ph->k_begin, (uint64_t)O.timeout_ms * MS))
+    if (!wait_burst(ph->k_begin, ph->k_published - ph->k_begin, (uint64_t)O.timeout_ms * MS,
+                    (uint64_t)O.stall_ms * MS))
         ph->timeouts++;
     ph->drain_ns = now_ns() - last;
     phase_end(ph);
@@ -1621,6 +1622,22 @@ static void close_all(void) {
     }
 }
 
+/* A burst that ended on a stall may still be on its way; earlier phases'
+ * stragglers are counted while later phases run, the last phase's here
+ * (bounded by a stall of at least 1 s).  Only what never arrives is lost. */
+static void wait_stragglers(void) {
+    uint64_t published = 0;
+    for (int i = 0; i < S.nph; i++) published += S.ph[i].k_published - S.ph[i].k_begin;
+    uint64_t stall = (uint64_t)(O.stall_ms < 1000 ? 1000 : O.stall_ms) * MS;
+    uint64_t deadline = now_ns() + (uint64_t)O.timeout_ms * MS, last = now_ns();
+    uint64_t seen = S.delivered;
+    while (!S.stop && S.delivered < published * alive() && now_ns() < deadline) {
+        loop_once(20 * MS);
+        if (S.delivered != seen) seen = S.delivered, last = now_ns();
+        if (now_ns() - last > stall) return;
+    }
+}
+
 static void run_phases(void) {
     for (int i = 0; i < S.nph && !S.stop; i++) {
         struct phase *ph = &S.ph[i];
@@ -1651,6 +1668,7 @@ int main(int argc, char **argv) {
         if (!S.stop && S.ready && open_publisher()) {
             wait_settled(30 * SEC);
             run_phases();
+            wait_stragglers();
         } else {
             note("no publisher or no subscribers: nothing published");
         }
