@@ -39,7 +39,7 @@ def build(root: Path) -> Path:
 
 def _popen(binary: Path, args: Sequence[str], log: Path, stdin: int) -> subprocess.Popen[bytes]:
     log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as err:
+    with log.open("wb") as err:
         return subprocess.Popen(
             ["taskset", "-c", str(LOADGEN_CPU), str(binary), *args],
             stdin=stdin,

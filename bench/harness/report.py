@@ -27,6 +27,7 @@ NUMERIC = (
     "bytes_per_conn",
     "ready",
     "drain_ms",
+    "timeouts",
 )
 KB = 1024
 
@@ -94,9 +95,15 @@ def _md(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 
 def _loss(cell: dict[str, Any]) -> str:
+    """Worst loss, and whether waits were cut short (by a stall or the
+    timeout: those phases' rates and latencies are less exact) or the phase
+    was given up."""
     lost = cell.get("lost_max")
     text = "n/a" if lost is None else f"{lost:,.0f}"
-    return text + (" (aborted)" if cell.get("aborted") else "")
+    if cell.get("aborted"):
+        return text + " (aborted)"
+    cut = cell.get("timeouts")
+    return text + (f" ({cut:.0f} waits cut)" if cut else "")
 
 
 # ------------------------------------------------------------------- tables

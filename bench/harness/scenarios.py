@@ -203,7 +203,7 @@ def _fanout_args(sizes: Sizes, job: Job) -> list[str]:
     # Poll peers without a backlog lose messages published while a poller is
     # between two requests, so their bursts never complete: give up on a
     # burst sooner once deliveries stop (late arrivals still count).
-    stall_ms = 300 if job.transport == "poll" else 1000
+    stall_ms = 500 if job.transport == "poll" else 1000
     return [
         "--mode",
         "fanout",
