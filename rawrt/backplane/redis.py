@@ -45,7 +45,7 @@ from redis.retry import Retry
 from rawrt.config import Config
 from rawrt.errors import BackplaneUnavailable
 from rawrt.hub import Entry, Hub
-from rawrt.wire.ids import format_id, to_base36
+from rawrt.wire.ids import format_id, parse_id, to_base36
 
 __all__ = ["RedisBackplane"]
 
@@ -194,21 +194,29 @@ class RedisBackplane:
                     future.set_result(format_id(result[0].decode(), int(result[1])))
 
     async def _run_batch(self, batch: list[tuple[str, str, int, asyncio.Future[str]]]) -> list[Any]:
-        pipe = self._client.pipeline(transaction=False)
-        for channel, data_json, timestamp_ms, _ in batch:
-            await self._publish_script(
-                keys=self._keys(channel),
-                args=[
+        # Fix: redis-py's Script in a pipeline sends SCRIPT EXISTS before every execute(), a
+        # second round trip per batch (per publish, when they come one at a time), and when
+        # that fails it leaves the pipeline holding a pool connection. Instead, SCRIPT LOAD
+        # (idempotent, cheap when cached) goes first in the same pipeline: Redis runs one
+        # client's commands in order, so every EVALSHA after it finds the script, even right
+        # after a Redis restart emptied the script cache. One round trip per batch.
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.script_load(_PUBLISH)
+            for channel, data_json, timestamp_ms, _ in batch:
+                pipe.evalsha(
+                    self._publish_script.sha,
+                    2,
+                    *self._keys(channel),
                     _new_epoch(),
                     data_json,
                     timestamp_ms,
                     self._config.history_size,
                     self._topic(channel),
                     self._config.redis_history_ttl_s,
-                ],
-                client=pipe,
-            )
-        return list(await pipe.execute(raise_on_error=False))
+                )
+            results = list(await pipe.execute(raise_on_error=False))
+        # The load's own answer does not matter: had it failed, each EVALSHA says so itself.
+        return results[1:]
 
     def _fail_queue(self, error: BaseException) -> None:
         while self._queue:
@@ -226,11 +234,34 @@ class RedisBackplane:
                 return None
             # A client saw a newer message on another node than this one has heard of yet:
             # fetch it from the shared history rather than call the client's position lost.
-            return self._start_sync(channel, attachment)
+            return self._within_timeout(self._start_sync(channel, attachment))
         if attachment is None:
             attachment = self._attached[channel] = _Attachment(asyncio.get_running_loop())
             self._spawn(self._attach(channel, attachment))
         return attachment.ready
+
+    def _within_timeout(self, syncing: asyncio.Future[None]) -> asyncio.Future[None]:
+        """`syncing`, or BackplaneUnavailable if it is not done within redis_timeout_s.
+
+        Fix: a re-sync retries until Redis answers, so while Redis was down a client that
+        brought a newer id waited as long: a poll past its own timeout, an SSE stream that
+        never got its head. Now it gets the unavailable answer (503, or SSE's retry).
+        """
+        loop = asyncio.get_running_loop()
+        bounded: asyncio.Future[None] = loop.create_future()
+
+        def settle(_: object = None) -> None:
+            timer.cancel()
+            if bounded.done():
+                return
+            if syncing.done():
+                bounded.set_result(None)
+            else:
+                bounded.set_exception(BackplaneUnavailable("Redis: cannot fetch the history"))
+
+        timer = loop.call_later(self._config.redis_timeout_s, settle)
+        syncing.add_done_callback(settle)
+        return bounded
 
     def _hub_has(self, channel: str) -> bool:
         return self._hub is not None and self._hub.has(channel)
@@ -261,12 +292,38 @@ class RedisBackplane:
             epoch, head, entries = await self._snapshot(channel)
             if self._attached.get(channel) is not attachment:
                 return  # detached meanwhile
-            self._hub.sync(channel, epoch, head, entries)
+            self._apply_snapshot(channel, epoch, head, entries)
             held, attachment.held = attachment.held, None
             if held is not None and all(self._hub.accept(channel, e, m) for e, m in held):
                 return
             attachment.held = []  # a hole even after the snapshot: take another
         raise BackplaneUnavailable(f"could not sync channel {channel!r}")
+
+    def _apply_snapshot(self, channel: str, epoch: str, head: int, entries: list[Entry]) -> None:
+        """Bring the hub in line with a snapshot; live readers lose nothing it holds."""
+        assert self._hub is not None
+        if not self._hub.has(channel) or self._continues(channel, epoch, head, entries):
+            self._hub.sync(channel, epoch, head, entries)
+            return
+        # Fix: Hub.sync() restarts a channel it cannot continue (a new epoch after Redis lost
+        # the history, or a hole the history no longer covers) with its readers reset to the
+        # snapshot's *head*, so the snapshot's messages, published while they listened (the
+        # first ones after Redis came back empty), never reached them. Restart at the
+        # snapshot's tail instead and add its messages as new ones: readers get the reset,
+        # then every message the shared history holds.
+        start = entries[0].seq - 1 if entries else head
+        self._hub.sync(channel, epoch, start, [])
+        for entry in entries:
+            self._hub.accept(channel, epoch, entry)
+
+    def _continues(self, channel: str, epoch: str, head: int, entries: list[Entry]) -> bool:
+        """True when the hub's copy of `channel` extends to the snapshot without a restart
+        (the condition of Hub.sync())."""
+        assert self._hub is not None
+        parsed = parse_id(self._hub.head_id(channel))
+        if parsed is None or parsed[0] != epoch or head < parsed[1]:
+            return False
+        return head == parsed[1] or (bool(entries) and entries[0].seq <= parsed[1] + 1)
 
     async def _snapshot(self, channel: str) -> tuple[str, int, list[Entry]]:
         epoch, head, raw = await self._snapshot_script(
