@@ -239,6 +239,8 @@ class HttpConnection(asyncio.Protocol):
 
     def _reply_ready(self, waiting: asyncio.Future[Reply], request: Request) -> None:
         self._waiting = None
+        if waiting.cancelled():
+            return  # the server is stopping
         try:
             reply = waiting.result()
         except HttpError as exc:

@@ -337,9 +337,15 @@ class Hub:
         ch.flushed = ch.log.head
 
     def _restart(self, ch: Channel, epoch: str, head: int, entries: list[Entry]) -> None:
-        """A new history lifetime: every reader's position is void, so each gets a reset."""
+        """A new history lifetime: every reader's position is void.
+
+        Live readers get a reset to where the shared history now begins, then every message
+        it holds, as new messages (after Redis came back empty, those are the first
+        messages of the new lifetime: nobody should miss them). Parked polls are answered
+        with the reset; a paused reader gets its reset when it resumes.
+        """
         ch.epoch = epoch
-        self._fill(ch, head, entries)
+        self._fill(ch, entries[0].seq - 1 if entries else head, [])
         for live in ch.live:
             for sub, write in tuple(live.items()):
                 write(_reset_bytes(ch, sub.kind))
@@ -347,10 +353,12 @@ class Hub:
             sub.cursor = -1  # no log holds -1: the resume writes a reset
         if ch.parked:
             parked, ch.parked = ch.parked, {}
-            answer = PollAnswer([], ch.id_of(head), reset=True)
+            answer = PollAnswer([], ch.id_of(ch.flushed), reset=True)
             for waiter in parked:
                 waiter.wake(answer)
             self._maybe_idle(ch)
+        for entry in entries:
+            self._append(ch, self._encode(ch, entry.seq, entry.data_json, entry.timestamp_ms))
 
     # --- fan-out ---------------------------------------------------------------------------
 
@@ -386,11 +394,20 @@ class Hub:
     # --- subscriptions ---------------------------------------------------------------------
 
     def subscribe(
-        self, name: str, kind: int, write: Write, since: str | None = None
+        self,
+        name: str,
+        kind: int,
+        write: Write,
+        since: str | None = None,
+        *,
+        start: bool = True,
     ) -> Subscription:
         """Join `name` at its head, or after `since` (replaying what the log holds).
 
         A `since` the log cannot resume from writes a reset first. Raises HubFull.
+        With `start=False` the subscription comes back paused at its position and the
+        caller `resume()`s it once it has stored it: a replay may fill the socket, and the
+        socket's pause can only reach a subscription its owner already knows.
         """
         ch = self.channel(name)
         self._flush_now(ch)
@@ -405,7 +422,9 @@ class Hub:
             else:
                 sub.cursor = cursor
         sub.paused = True  # catching up, then live
-        self.resume(sub)
+        ch.paused[sub] = None
+        if start:
+            self.resume(sub)
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:

@@ -213,6 +213,8 @@ class Server:
     def _schedule_sweep(self) -> None:
         c = self.config
         period = min(c.ping_interval_s, c.ping_timeout_s, c.sse_heartbeat_s)
+        if c.redis_url:
+            period = min(period, max(c.redis_linger_s, _MIN_SWEEP_S))
         delay = max(_MIN_SWEEP_S, period / _SWEEPS_PER_PERIOD)
         assert self._loop is not None
         self._sweep_handle = self._loop.call_later(delay, self._sweep)

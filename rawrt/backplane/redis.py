@@ -45,7 +45,7 @@ from redis.retry import Retry
 from rawrt.config import Config
 from rawrt.errors import BackplaneUnavailable
 from rawrt.hub import Entry, Hub
-from rawrt.wire.ids import format_id, parse_id, to_base36
+from rawrt.wire.ids import format_id, to_base36
 
 __all__ = ["RedisBackplane"]
 
@@ -85,6 +85,10 @@ local seq = redis.call('HGET', KEYS[1], 's')
 return {epoch, seq, redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[2])}
 """
 
+# What a client is told when Redis cannot be used.
+_UNAVAILABLE = "the backplane (Redis) is unavailable"
+# A pub/sub connection quiet for this long is pinged.
+_QUIET_S = 1.0
 # Publishes sent in one pipeline at most; more wait for the next round trip.
 _BATCH = 256
 # Reconnection backoff, doubling from the first to the last.
@@ -183,8 +187,11 @@ class RedisBackplane:
             try:
                 results = await self._run_batch(batch)
             except (RedisError, OSError) as exc:
-                error = BackplaneUnavailable(f"Redis: {exc}")
-                results = [error] * len(batch)
+                log.warning("publishing %d messages failed: %s", len(batch), exc)
+                results = [BackplaneUnavailable(_UNAVAILABLE)] * len(batch)
+            except Exception:  # a bug: fail these publishes, keep serving the next ones
+                log.exception("bug in the Redis publisher")
+                results = [BackplaneUnavailable("internal error")] * len(batch)
             for (_, _, _, future), result in zip(batch, results, strict=True):
                 if future.done():
                     continue
@@ -292,38 +299,12 @@ class RedisBackplane:
             epoch, head, entries = await self._snapshot(channel)
             if self._attached.get(channel) is not attachment:
                 return  # detached meanwhile
-            self._apply_snapshot(channel, epoch, head, entries)
+            self._hub.sync(channel, epoch, head, entries)
             held, attachment.held = attachment.held, None
             if held is not None and all(self._hub.accept(channel, e, m) for e, m in held):
                 return
             attachment.held = []  # a hole even after the snapshot: take another
         raise BackplaneUnavailable(f"could not sync channel {channel!r}")
-
-    def _apply_snapshot(self, channel: str, epoch: str, head: int, entries: list[Entry]) -> None:
-        """Bring the hub in line with a snapshot; live readers lose nothing it holds."""
-        assert self._hub is not None
-        if not self._hub.has(channel) or self._continues(channel, epoch, head, entries):
-            self._hub.sync(channel, epoch, head, entries)
-            return
-        # Fix: Hub.sync() restarts a channel it cannot continue (a new epoch after Redis lost
-        # the history, or a hole the history no longer covers) with its readers reset to the
-        # snapshot's *head*, so the snapshot's messages, published while they listened (the
-        # first ones after Redis came back empty), never reached them. Restart at the
-        # snapshot's tail instead and add its messages as new ones: readers get the reset,
-        # then every message the shared history holds.
-        start = entries[0].seq - 1 if entries else head
-        self._hub.sync(channel, epoch, start, [])
-        for entry in entries:
-            self._hub.accept(channel, epoch, entry)
-
-    def _continues(self, channel: str, epoch: str, head: int, entries: list[Entry]) -> bool:
-        """True when the hub's copy of `channel` extends to the snapshot without a restart
-        (the condition of Hub.sync())."""
-        assert self._hub is not None
-        parsed = parse_id(self._hub.head_id(channel))
-        if parsed is None or parsed[0] != epoch or head < parsed[1]:
-            return False
-        return head == parsed[1] or (bool(entries) and entries[0].seq <= parsed[1] + 1)
 
     async def _snapshot(self, channel: str) -> tuple[str, int, list[Entry]]:
         epoch, head, raw = await self._snapshot_script(
@@ -419,13 +400,25 @@ class RedisBackplane:
             done.set_result(None)
 
     async def _read_messages(self) -> None:
-        assert self._pubsub is not None
+        """Deliver pub/sub messages; ping the pub/sub connection itself when it is quiet.
+
+        NOTES: a subscriber connection can look alive while delivering nothing, and only a
+        PING on that very connection, with a deadline for its pong, tells.
+        """
+        pubsub, loop = self._pubsub, asyncio.get_running_loop()
+        assert pubsub is not None
+        ping_sent: float | None = None
         while True:
-            message = await self._pubsub.get_message(timeout=1.0)
-            if message is None:
-                await self._client.ping()  # a pub/sub socket can look alive and be dead
-            else:
-                self._on_message(message)
+            message = await pubsub.get_message(timeout=_QUIET_S)
+            if message is not None:
+                ping_sent = None  # any traffic shows the connection is alive
+                if message["type"] != "pong":
+                    self._on_message(message)
+            elif ping_sent is None:
+                await pubsub.ping()
+                ping_sent = loop.time()
+            elif loop.time() - ping_sent > self._config.redis_timeout_s:
+                raise TimeoutError("the pub/sub connection stopped answering")
 
     def _on_message(self, message: dict[str, Any]) -> None:
         topic = message["channel"].decode()
@@ -483,4 +476,5 @@ def _entry(entry_id: bytes, fields: list[bytes]) -> Entry:
 def _unavailable(exc: BaseException) -> BackplaneUnavailable:
     if isinstance(exc, BackplaneUnavailable):
         return exc
-    return BackplaneUnavailable(f"Redis: {exc}")
+    log.info("Redis call failed: %s", exc)
+    return BackplaneUnavailable(_UNAVAILABLE)  # clients learn no addresses or internals

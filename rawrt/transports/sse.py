@@ -85,7 +85,8 @@ class EventStream(asyncio.Protocol):
             + sse.retry(config.sse_retry_ms)
             + sse.event(_CONNECTED, first_id)
         )
-        self._sub = hub.subscribe(channel, KIND_SSE, transport.write, last_event_id)
+        self._sub = hub.subscribe(channel, KIND_SSE, transport.write, last_event_id, start=False)
+        hub.resume(self._sub)  # replay only now: a full socket can pause a known subscription
 
     def heartbeat(self) -> None:
         """Called by the server's sweep; skipped while the socket is backed up."""

@@ -297,10 +297,10 @@ class ChannelSocket(WebSocketSession):
         hub = self._server.hub
         self.send_text(envelope.subscribed(channel, hub.head_id(channel)))
         assert self._transport is not None
-        sub = hub.subscribe(channel, KIND_WS, self._transport.write, since)
-        self._subs[channel] = sub
-        if self._write_paused:
-            hub.pause(sub)
+        sub = hub.subscribe(channel, KIND_WS, self._transport.write, since, start=False)
+        self._subs[channel] = sub  # known before the replay, so a full socket can pause it
+        if not self._write_paused:
+            hub.resume(sub)
 
     def _hold_until(self, pending: asyncio.Future[None], channel: str, since: str | None) -> None:
         """Wait for the backplane to attach `channel`, holding later messages meanwhile."""
