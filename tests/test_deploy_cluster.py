@@ -9,8 +9,8 @@ send them all to one node; tests that need several nodes give their clients diff
 addresses (127.0.0.2, 127.0.0.3, ... are all loopback on Linux) and learn which node serves
 an address from the upstream= field of nginx's access log.
 
-Tests marked BACKPLANE need messages to cross nodes, which only `--redis` does. The others
-hold with or without it: nginx's proxying, upgrade, unbuffered SSE, poll timeouts, health.
+The cross-node tests rely on the Redis backplane (`--redis`, which the script passes); the
+others would hold without it: nginx's proxying, upgrade, unbuffered SSE, poll timeouts, health.
 """
 
 from __future__ import annotations
@@ -33,8 +33,6 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import connect as ws_connect
 
-import rawrt
-
 pytestmark = [pytest.mark.nginx, pytest.mark.redis]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,22 +41,6 @@ UP_BOUND_S = 60.0  # `up` starts five programs and waits for each (bounded in th
 DOWN_BOUND_S = 40.0  # `down` waits 15 s after SIGTERM before SIGKILL
 STEP_S = 5.0  # bound on any single expected arrival through the cluster
 SBIN = ("/usr/sbin", "/usr/local/sbin", "/sbin")
-
-
-def _backplane_shipped() -> bool:
-    """True once rawrt has a backplane module: from then on the BACKPLANE tests must pass."""
-    folder = Path(rawrt.__file__).parent / "backplane"
-    return any(p.name != "__init__.py" for p in folder.glob("*.py"))
-
-
-# Cross-node delivery is the Redis backplane's job (--redis). Until rawrt ships a backplane
-# module these tests are expected failures (strict: a pass would be an error); from then on
-# they are ordinary tests.
-BACKPLANE = pytest.mark.xfail(
-    not _backplane_shipped(),
-    reason="messages cross nodes only through the Redis backplane (--redis)",
-    strict=True,
-)
 
 
 def _program(name: str) -> str | None:
@@ -515,7 +497,6 @@ async def test_long_poll_times_out_with_an_answer_and_wakes_on_publish(sticky: C
         assert woken["messages"] == [{"n": 1}] and woken["cursor"] == sent_id
 
 
-@BACKPLANE
 async def test_subscribers_on_every_node_get_every_message_once_in_order(sticky: Cluster) -> None:
     """A WebSocket, an SSE and a long-poll subscriber, and publishers, spread over the nodes."""
     served = await nodes_by_source(sticky, SOURCES, rounds=1)
@@ -590,7 +571,7 @@ async def test_subscribers_on_every_node_get_every_message_once_in_order(sticky:
         assert len(set(ids)) == len(ids)
         errors = await asyncio.gather(*subscribers, return_exceptions=True)
 
-    # BACKPLANE: every node sees every message, once, in the order of publishing.
+    # Every node sees every message, once, in the order of publishing.
     where = dict(zip(received, (ws_source, sse_source, poll_source), strict=True))
     for (name, got), error in zip(received.items(), errors, strict=True):
         assert got == expected, (
@@ -622,7 +603,6 @@ async def test_round_robin_moves_one_client_between_nodes(round_robin: Cluster) 
     assert len(set(served["127.0.0.1"])) >= 2, served
 
 
-@BACKPLANE
 async def test_reconnecting_clients_lose_nothing_without_stickiness(round_robin: Cluster) -> None:
     """SSE clients that reconnect with Last-Event-ID, pollers that carry `since`: nothing lost.
 
@@ -679,7 +659,7 @@ async def test_reconnecting_clients_lose_nothing_without_stickiness(round_robin:
             await publish(round_robin, channel, {"n": n}, "127.0.0.1")
         (sse_got, connections), poll_got = await asyncio.gather(*clients)
 
-    # BACKPLANE: ids and history live in Redis, so any node resumes any client.
+    # Ids and history live in Redis, so any node resumes any client.
     assert sse_got == expected, f"SSE client (over {connections} connections) got {sse_got}"
     assert poll_got == expected, f"long-poll client got {poll_got}"
     # And the reconnects really did go to several nodes.
