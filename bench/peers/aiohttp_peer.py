@@ -94,7 +94,7 @@ async def sse(request: web.Request) -> web.StreamResponse:
         while True:
             try:
                 item = await asyncio.wait_for(queue.get(), peerkit.SSE_HEARTBEAT_S)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 item = peerkit.SSE_HEARTBEAT
             if item is None:  # shutdown
                 break
@@ -114,7 +114,7 @@ async def poll(request: web.Request) -> web.Response:
     waiters.add(fut)
     try:
         messages, cursor = await asyncio.wait_for(fut, peerkit.POLL_TIMEOUT_S)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         messages, cursor = [], hub.ids.last(channel)
     finally:
         waiters.discard(fut)

@@ -367,7 +367,7 @@ async def start(peer: Peer, log: Any) -> tuple[asyncio.subprocess.Process, int]:
     assert proc.stdout is not None
     try:
         line = await asyncio.wait_for(proc.stdout.readline(), STEP_TIMEOUT * 2)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         await stop(proc)
         raise CheckFailed("no 'listening on' line") from None
     match = re.fullmatch(r"listening on http://([^:]+):(\d+)\n", line.decode())
@@ -383,7 +383,7 @@ async def stop(proc: asyncio.subprocess.Process) -> int:
         proc.send_signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(proc.wait(), STEP_TIMEOUT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             proc.kill()
             await proc.wait()
             return -signal.SIGKILL
