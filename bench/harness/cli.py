@@ -200,8 +200,10 @@ def _notes(run: Run, servers: list[str]) -> list[str]:
     shares = [r["loadgen_share"] for r in run.records if r.get("loadgen_share") is not None]
     if shares:
         notes.append(
-            f"Load generator CPU share during measured phases: {min(shares):.0%} to "
-            f"{max(shares):.0%} of CPU 1 (never saturated means never the bottleneck)."
+            f"Load generator busy share (CPU time minus its timed spin) during measured "
+            f"phases: {min(shares):.0%} to {max(shares):.0%} of CPU 1. Below 100% it kept up; "
+            f"where the server was also below ~90% busy, the round trip or the schedule set "
+            f"the pace, not either side's CPU."
         )
     others = [r["other_load"] for r in run.records if r.get("other_load") is not None]
     if others:
@@ -210,6 +212,18 @@ def _notes(run: Run, servers: list[str]) -> list[str]:
             f"Other load on the server core during measured phases: median "
             f"{statistics.median(others):.0%}, max {max(others):.0%}; {noisy} of {len(others)} "
             f"phases above {OTHER_LOAD_WARN:.0%} (see the last column of the fan-out table)."
+        )
+    troubled = sorted(
+        {
+            f"{r['server']} {r['case']} r{r['repeat']} ({r['errors']} errors, "
+            f"{r['ready']}/{r['subscribers']} ready)"
+            for r in run.records
+            if r.get("errors") or r.get("ready", 0) < r.get("subscribers", 0)
+        }
+    )
+    if troubled:
+        notes.append(
+            "Connection or protocol errors (see bench/out/logs): " + "; ".join(troubled) + "."
         )
     skipped = [s for s in ALL_SERVERS if s not in servers]
     if skipped:

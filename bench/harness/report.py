@@ -23,6 +23,7 @@ NUMERIC = (
     "lost",
     "duplicates",
     "loadgen_share",
+    "server_share",
     "other_load",
     "bytes_per_conn",
     "ready",
@@ -125,6 +126,7 @@ def _fanout_table(s: Summary) -> str:
                     _num(cell["p50_us"], "{:.1f}", 1e-3),
                     _num(cell["p99_us"], "{:.1f}", 1e-3),
                     _loss(cell),
+                    _pct(cell["server_share"]),
                     _pct(cell["loadgen_share"]),
                     _pct(cell["other_load"]),
                 ]
@@ -137,7 +139,8 @@ def _fanout_table(s: Summary) -> str:
         "p50 ms",
         "p99 ms",
         "lost+dup (worst)",
-        "loadgen CPU",
+        "server busy",
+        "loadgen busy",
         "other load on server core",
     ]
     return _md(header, rows)
@@ -183,7 +186,7 @@ def _latency_table(s: Summary) -> str:
         "lost+dup (worst)",
         "sustained",
         "drain ms",
-        "loadgen CPU",
+        "loadgen busy",
     ]
     return _md(header, rows)
 

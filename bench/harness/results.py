@@ -94,7 +94,11 @@ connections are confirmed (and the server has gone quiet) minus VmRSS before
 the first one was opened, divided by the connections.  Latency is receive
 time minus the publish stamp (one clock, in one process).  Each cell is the
 median over the repeats, servers run in alternating order; "worst" loss is
-the largest over the repeats.  "other load on server core" is CPU 0's busy
+the largest over the repeats.  "server busy" is the server's CPU time over
+the phase's wall time (100%: the server set the pace); "loadgen busy" is the
+load generator's CPU time, less the time it spent polling instead of
+sleeping (it polls during phases so that the server's writes need not wake
+it, a loopback-only cost), over wall time.  "other load on server core" is CPU 0's busy
 time not charged to the server (other processes, kernel threads), as a
 share of the phase: high values mean a noisy run.  A latency row is
 "sustained" when nothing was lost and the last message reached every

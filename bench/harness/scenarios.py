@@ -25,6 +25,8 @@ START_TIMEOUT_S = 30.0
 # grew while publishing.
 DRAIN_OK_MS = 250.0
 RATE_DRAIN_MS = 2000
+# CPU time comes in 10 ms ticks: shares of shorter phases mean nothing.
+MIN_SHARE_PHASE_S = 0.5
 # Idle connections are held this long at most (the harness releases them as
 # soon as it has read the server's RSS).
 IDLE_HOLD_S = 300
@@ -120,12 +122,17 @@ def _other_load(phase: dict[str, Any]) -> float | None:
     """Share of the server's core busy with anything but the server."""
     busy = float(phase["server_core_busy_s"])
     own, dur = float(phase["server_cpu_s"]), float(phase["duration_s"])
-    if busy < 0 or own < 0 or dur <= 0:
+    if busy < 0 or own < 0 or dur < MIN_SHARE_PHASE_S:
         return None
     return max(0.0, busy - own) / dur
 
 
+def _share(seconds: float, duration_s: float) -> float | None:
+    return seconds / duration_s if seconds >= 0 and duration_s >= MIN_SHARE_PHASE_S else None
+
+
 def _phase_metrics(result: dict[str, Any], phase: dict[str, Any]) -> dict[str, Any]:
+    long_enough = phase["duration_s"] >= MIN_SHARE_PHASE_S
     return {
         "deliveries_per_s": phase["deliveries_per_s"],
         "cpu_us": phase["server_cpu_us_per_delivery"],
@@ -135,7 +142,11 @@ def _phase_metrics(result: dict[str, Any], phase: dict[str, Any]) -> dict[str, A
         "duplicates": phase["duplicates"],
         "timeouts": phase["timeouts"],
         "aborted": phase["aborted"],
-        "loadgen_share": phase["loadgen_cpu_share"],
+        # Work only: the load generator polls instead of sleeping during a
+        # phase (see SPIN_NS in loadgen.c) and subtracts that spin.
+        "loadgen_share": phase["loadgen_busy_share"] if long_enough else None,
+        "loadgen_cpu_share": phase["loadgen_cpu_share"],
+        "server_share": _share(phase["server_cpu_s"], phase["duration_s"]),
         "other_load": _other_load(phase),
         "ready": result["ready"],
         "subscribers": result["subscribers"],
