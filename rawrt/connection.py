@@ -36,6 +36,8 @@ __all__ = ["HttpConnection", "Reply", "Request"]
 
 log = logging.getLogger("rawrt")
 
+Headers = list[tuple[bytes, bytes]]  # (lower-cased name, value), as h11 gives them
+
 # What a route handler gives back: response bytes, None once it has taken the socket over,
 # or (when it must wait for a backplane) an awaitable of either.
 Reply = bytes | None
@@ -48,7 +50,7 @@ class Request:
     method: bytes
     target: bytes
     http_version: bytes
-    headers: list[tuple[bytes, bytes]]  # names lower-cased by h11
+    headers: Headers
     path: list[str]  # decoded segments, e.g. ["api", "poll", "news"]
     query: dict[str, str]
     body: bytes
@@ -80,7 +82,7 @@ class HttpConnection(asyncio.Protocol):
         self._server = server
         self._transport: asyncio.Transport | None = None
         self._parser = self._new_parser(b"")
-        self._request: h11.Request | None = None
+        self._request: tuple[h11.Request, Headers] | None = None  # the one being read
         self._body: list[bytes] = []
         self._body_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -187,11 +189,13 @@ class HttpConnection(asyncio.Protocol):
 
     def _start_request(self, event: h11.Request) -> None:
         self._begin_receiving()
-        self._request = event
+        # h11's Headers is a Sequence whose iteration goes through __getitem__: copy it once.
+        headers = list(event.headers)
+        self._request = (event, headers)
         self._body = []
         self._body_bytes = 0
-        _check_head(event, self._server.config)
-        length = _content_length(event)
+        _check_head(event.target, headers, self._server.config)
+        length = _content_length(headers)
         if length is not None and length > self._server.config.max_body_bytes:
             raise HttpError(413, f"body is larger than {self._server.config.max_body_bytes} bytes")
         if self._parser.they_are_waiting_for_100_continue and self._transport is not None:
@@ -204,11 +208,11 @@ class HttpConnection(asyncio.Protocol):
             raise HttpError(413, f"body is larger than {self._server.config.max_body_bytes} bytes")
 
     def _finish_request(self) -> None:
-        event, self._request = self._request, None
-        assert event is not None
+        started, self._request = self._request, None
+        assert started is not None
         self._receiving = False
         self._cancel_timer()
-        request = _request_of(event, b"".join(self._body))
+        request = _request_of(*started, b"".join(self._body))
         self._body = []
         if self._server.stopping:
             # This connection closes after its answer (send() sees to that); RFC 9112 §9.6:
@@ -327,39 +331,39 @@ class HttpConnection(asyncio.Protocol):
         self._refuse(HttpError(408, "request took too long to arrive"))
 
 
-def _check_head(event: h11.Request, config: Config) -> None:
+def _check_head(target: bytes, headers: Headers, config: Config) -> None:
     """The limits h11 does not enforce on a head that arrived whole (h11 issue #182)."""
-    if len(event.target) > config.max_target_bytes:
+    if len(target) > config.max_target_bytes:
         raise HttpError(414, f"request target is longer than {config.max_target_bytes} bytes")
-    if len(event.headers) > config.max_header_count:
+    if len(headers) > config.max_header_count:
         raise HttpError(431, f"more than {config.max_header_count} header fields")
-    size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
+    size = len(target) + sum(len(k) + len(v) + 4 for k, v in headers)
     if size > config.max_head_bytes:
         raise HttpError(431, f"request head is larger than {config.max_head_bytes} bytes")
-    names = {k for k, _ in event.headers}
+    names = {k for k, _ in headers}
     # RFC 9112 §6.1: a request with both "ought to be handled as an error" (smuggling risk).
     if b"transfer-encoding" in names and b"content-length" in names:
         raise HttpError(400, "Content-Length together with Transfer-Encoding")
 
 
-def _content_length(event: h11.Request) -> int | None:
-    for name, value in event.headers:
+def _content_length(headers: Headers) -> int | None:
+    for name, value in headers:
         if name == b"content-length":
             return int(value)  # h11 has checked it is digits
     return None
 
 
-def _request_of(event: h11.Request, body: bytes) -> Request:
+def _request_of(event: h11.Request, headers: Headers, body: bytes) -> Request:
     path, query = http.split_target(event.target)
     connection = {
-        t.strip().lower() for k, v in event.headers if k == b"connection" for t in v.split(b",")
+        t.strip().lower() for k, v in headers if k == b"connection" for t in v.split(b",")
     }
     keep_alive = event.http_version == b"1.1" and b"close" not in connection
     return Request(
         event.method,
         event.target,
         event.http_version,
-        list(event.headers),
+        headers,
         path,
         query,
         body,

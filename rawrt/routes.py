@@ -49,21 +49,27 @@ ROUTES: tuple[tuple[bytes, tuple[str, ...], str], ...] = (
 class Router:
     def __init__(self, server: Server) -> None:
         self._server = server
-        self._routes = list(ROUTES)
+        routes = list(ROUTES)
         if server.config.echo_path:
             echo = tuple(server.config.echo_path.strip("/").split("/"))
-            self._routes.append((b"GET", echo, "echo"))
+            routes.append((b"GET", echo, "echo"))
+        # Every pattern, as a tuple, to its (method, handler name) pairs: resolving a path is
+        # two dict lookups (as it is, and with its last segment read as a channel).
+        self._index: dict[tuple[str, ...], list[tuple[bytes, str]]] = {}
+        for method, pattern, name in routes:
+            self._index.setdefault(pattern, []).append((method, name))
 
     def resolve(self, request: Request) -> tuple[Handler, str]:
         """The handler for `request` and the channel named in its path ("" if none)."""
+        path = tuple(request.path)
         allowed: list[bytes] = []
-        for method, pattern, name in self._routes:
-            channel = _match(pattern, request.path)
-            if channel is None:
-                continue
-            if method == request.method or (request.method == b"HEAD" and name in _HEAD_OK):
-                return getattr(self, "_" + name), channel
-            allowed.append(method)
+        for pattern, channel in ((path, ""), ((*path[:-1], CHANNEL), path[-1])):
+            if pattern[-1] == CHANNEL and not channel:
+                continue  # an empty segment names no channel
+            for method, name in self._index.get(pattern, ()):
+                if method == request.method or (request.method == b"HEAD" and name in _HEAD_OK):
+                    return getattr(self, "_" + name), channel
+                allowed.append(method)
         if not allowed:
             return self._not_found, ""
         if request.method == b"OPTIONS":
@@ -249,18 +255,3 @@ class Router:
         return http.json_response(
             status, value, headers=self._server.cors_headers, keep_alive=request.keep_alive
         )
-
-
-def _match(pattern: tuple[str, ...], path: list[str]) -> str | None:
-    """The channel segment if `path` fits `pattern` ("" when it has none), else None."""
-    if len(pattern) != len(path):
-        return None
-    channel = ""
-    for want, got in zip(pattern, path, strict=True):
-        if want == CHANNEL:
-            if not got:
-                return None
-            channel = got
-        elif want != got:
-            return None
-    return channel
