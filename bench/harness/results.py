@@ -87,9 +87,10 @@ METHOD = """\
 
 Each server runs alone on CPU 0 (`taskset -c 0`), started fresh for every
 job; the load generator (`bench/loadgen/loadgen.c`, C, epoll, one thread)
-runs on CPU 1.  Server CPU is utime+stime from `/proc/PID/stat`, read by the
-load generator at the exact start and end of each measured phase, divided by
-the deliveries in it.  Idle memory is the server's VmRSS after all idle
+runs on CPU 1.  Server CPU is the server's utime+stime (all threads), read
+by the load generator at the exact start and end of each measured phase from
+`/proc/PID/task/*/schedstat` (ns; `/proc/PID/stat` has the same figure in
+10 ms ticks), divided by the deliveries in it.  Idle memory is the server's VmRSS after all idle
 connections are confirmed (and the server has gone quiet) minus VmRSS before
 the first one was opened, divided by the connections.  Latency is receive
 time minus the publish stamp (one clock, in one process).  Each cell is the
