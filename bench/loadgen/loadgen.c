@@ -27,7 +27,8 @@
  *                              "READY n", hold them until stdin closes,
  *                              SIGTERM/SIGINT, or --hold seconds pass
  *   --subscribers N    subscriber connections (default 100)
- *   --messages M       messages per fanout phase (default 100)
+ *   --messages L       messages per fanout phase, a comma list matching
+ *                      --bursts (the last value serves the rest; default 100)
  *   --bursts L         comma list of burst sizes (default 1)
  *   --rates L          comma list of deliveries/s for rate mode (default 10000)
  *   --duration S       seconds per rate phase (default 3)
@@ -123,7 +124,8 @@ static struct opts {
     int transport;
     int mode;
     int subs;
-    int messages;
+    int messages[MAX_PHASES];
+    int nmessages;
     int bursts[MAX_PHASES];
     int nbursts;
     double rates[MAX_PHASES];
@@ -1538,7 +1540,7 @@ static void usage(void) {
 
 static void parse_args(int argc, char **argv) {
     O = (struct opts){.host = "127.0.0.1", .transport = T_WS, .mode = M_FANOUT, .subs = 100,
-                      .messages = 100, .bursts = {1}, .nbursts = 1, .rates = {10000}, .nrates = 1,
+                      .messages = {100}, .nmessages = 1, .bursts = {1}, .nbursts = 1, .rates = {10000}, .nrates = 1,
                       .duration_s = 3, .size = 100, .channel = "bench", .pub_ws = -1,
                       .timeout_ms = 10000, .max_timeouts = 3, .stall_ms = 1000, .ready_timeout_s = 60, .settle_ms = 500,
                       .server_cpu = -1, .src_base = 2, .per_src = 10000, .window = 256, .hold_s = 600,
@@ -1557,7 +1559,10 @@ static void parse_args(int argc, char **argv) {
             O.mode = !strcmp(v, "fanout") ? M_FANOUT : !strcmp(v, "rate") ? M_RATE
                    : !strcmp(v, "idle") ? M_IDLE : (usage(), 0);
         else if (!strcmp(a, "--subscribers")) O.subs = atoi(v);
-        else if (!strcmp(a, "--messages")) O.messages = atoi(v);
+        else if (!strcmp(a, "--messages")) {
+            O.nmessages = parse_list(v, tmp, MAX_PHASES);
+            for (int j = 0; j < O.nmessages; j++) O.messages[j] = (int)tmp[j];
+        }
         else if (!strcmp(a, "--bursts")) {
             O.nbursts = parse_list(v, tmp, MAX_PHASES);
             for (int j = 0; j < O.nbursts; j++) O.bursts[j] = (int)tmp[j];
@@ -1646,7 +1651,8 @@ static void plan_phases(void) {
         uint64_t count;
         if (O.mode == M_FANOUT) {
             ph->burst = O.bursts[i];
-            count = (uint64_t)O.messages;
+            /* One count per burst size; the last one serves the rest. */
+            count = (uint64_t)O.messages[i < O.nmessages ? i : O.nmessages - 1];
         } else {
             ph->rate = O.rates[i];
             double mps = O.rates[i] / (S.ready ? S.ready : 1);
