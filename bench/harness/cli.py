@@ -66,7 +66,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ws-subscribers", type=int, default=d.ws_subscribers)
     p.add_argument("--sse-subscribers", type=int, default=d.sse_subscribers)
     p.add_argument("--poll-subscribers", type=int, default=d.poll_subscribers)
-    p.add_argument("--messages", type=int, default=d.messages, help="messages per fan-out phase")
+    p.add_argument("--messages", type=int, default=d.messages, help="messages one at a time")
+    p.add_argument(
+        "--burst-messages", type=int, default=d.burst_messages, help="messages in the burst phase"
+    )
     p.add_argument("--burst", type=int, default=d.burst, help="burst size of the second phase")
     p.add_argument("--idle-connections", type=int, default=d.idle_connections)
     p.add_argument("--rate-subscribers", type=int, default=d.rate_subscribers)
@@ -98,16 +101,17 @@ def _sizes(args: argparse.Namespace) -> Sizes:
     if args.smoke:
         return SMOKE_SIZES
     return Sizes(
-        args.ws_subscribers,
-        args.sse_subscribers,
-        args.poll_subscribers,
-        args.messages,
-        args.burst,
-        args.idle_connections,
-        args.rate_subscribers,
-        tuple(int(r) for r in args.rates),
-        args.rate_duration,
-        args.size,
+        ws_subscribers=args.ws_subscribers,
+        sse_subscribers=args.sse_subscribers,
+        poll_subscribers=args.poll_subscribers,
+        messages=args.messages,
+        burst=args.burst,
+        burst_messages=args.burst_messages,
+        idle_connections=args.idle_connections,
+        rate_subscribers=args.rate_subscribers,
+        rates=tuple(int(r) for r in args.rates),
+        rate_duration_s=args.rate_duration,
+        size=args.size,
     )
 
 
