@@ -15,7 +15,7 @@ from .report import Summary
 __all__ = ["write_chart"]
 
 PANELS = (
-    ("Fan-out throughput (deliveries/s)", "-fanout", "deliveries_per_s", 1.0, False),
+    ("Fan-out throughput (deliveries/s, log)", "-fanout", "deliveries_per_s", 1.0, True),
     ("Server CPU per delivery (µs, log)", "-fanout", "cpu_us", 1.0, True),
     ("Idle memory per connection (KiB)", "idle ", "bytes_per_conn", 1 / 1024, False),
     ("p99 latency under load (ms, log)", "latency ", "p99_us", 1e-3, True),

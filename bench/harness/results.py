@@ -56,7 +56,6 @@ def environment(root: Path) -> dict[str, Any]:
         "cores": os.cpu_count(),
         "cpu": _cpu_model(),
         "memory_gib": round(mem_kib / 2**20, 1),
-        "kernel": platform.release(),
         "python": platform.python_version(),
         "node": _version_of(["node", "--version"]),
         "gcc": _version_of(["gcc", "--version"]),
@@ -74,8 +73,7 @@ def _header(env: dict[str, Any], command: str, chart_note: str) -> list[str]:
         "# rawrt benchmark results",
         "",
         f"- Date: {env['date']}",
-        f"- Machine: {env['cores']} cores ({env['cpu']}), {env['memory_gib']} GiB, "
-        f"Linux {env['kernel']}",
+        f"- Machine: {env['cores']} cores ({env['cpu']}), {env['memory_gib']} GiB, Linux",
         f"- Python {env['python']}, node {env['node']}, {env['gcc']}",
         f"- Libraries: {libs}",
         f"- Command: `{command}`",
@@ -104,7 +102,16 @@ time not charged to the server (other processes, kernel threads), as a
 share of the phase: high values mean a noisy run.  A latency row is
 "sustained" when nothing was lost and the last message reached every
 subscriber within 250 ms of being published; there, what had not arrived
-2 s after publishing stopped counts as lost."""
+2 s after publishing stopped counts as lost.
+
+Limits: on loopback each server write also runs the receiving socket's TCP
+input on the server's core (charged to the server, alike for every server,
+less for one that coalesces writes), while the ACKs for the server's
+sockets are processed on the load generator's core.  One-at-a-time
+throughput includes the round trip to the last subscriber.  Peers whose
+long-poll has no `?since=` (floor, aiohttp) or hands a message to one waiter
+(node) lose messages by design; their poll figures are not a fan-out.  The
+machine is shared: the notes say how busy it was."""
 
 
 def write_results(

@@ -28,8 +28,8 @@ class Server:
 
 
 def _python(script: str) -> Callable[[Path, int], list[str]]:
-    # sys.executable, not "python": a pyenv shim would sit between us and
-    # the server and hide its PID.
+    # sys.executable, not "python": a version manager's shim script would
+    # sit between us and the server and hide its PID.
     return lambda root, port: [sys.executable, str(root / script), "--port", str(port)]
 
 
