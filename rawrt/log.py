@@ -11,7 +11,7 @@ Bounds: at most `max_count` messages and, beyond the newest one, `max_bytes` of 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["ChannelLog", "Message"]
 
@@ -28,10 +28,10 @@ class Message:
     data: bytes  # canonical JSON of the data, UTF-8
     timestamp_ms: int
     frames: tuple[bytes, ...]  # the bytes each transport kind writes, indexed by kind
+    size: int = field(init=False)  # what it costs the history budget, counted once
 
-    @property
-    def size(self) -> int:
-        return len(self.data) + sum(len(f) for f in self.frames) + _OVERHEAD_BYTES
+    def __post_init__(self) -> None:
+        self.size = len(self.data) + sum(len(f) for f in self.frames) + _OVERHEAD_BYTES
 
 
 class ChannelLog:
