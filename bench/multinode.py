@@ -1,15 +1,15 @@
 """The multi-node scenario (issue: many nodes): the Redis hop, and --workers 2 against one.
 
-    python -m bench.multinode [--subscribers 4000] [--messages 200] [--repeats 3]
+    python -m bench.multinode [--ws-subscribers 4000] [--poll-subscribers 2000] [--repeats 3]
 
 Each repeat starts a private redis-server (no persistence) and, in alternating order:
 
 - *one*: `rawrt --redis URL`, one process;
 - *workers2*: `rawrt --workers 2 --redis URL`, two processes on one SO_REUSEPORT port;
 
-and drives each with the C load generator: N WebSocket subscribers, messages published one at
-a time over WebSocket (each waits until every subscriber has the previous one), deliveries
-per second and latency. Nothing is pinned: two workers need both cores, so the load
+and drives each with the C load generator: N WebSocket subscribers, then N long pollers,
+messages published one at a time (each waits until every subscriber has the previous one):
+deliveries per second and latency. Nothing is pinned: two workers need both cores, so the load
 generator shares them, and its CPU share is reported beside the figures.
 
 The Redis hop is measured at a light load (50 messages/s to 10 subscribers) as the
@@ -76,11 +76,12 @@ def _rawrt(name: str, port: int, extra: Sequence[str]) -> Proc:
     return proc
 
 
-def _drive(binary: Path, port: int, args: Sequence[str], name: str) -> dict[str, Any]:
-    log = OUT / "logs" / f"loadgen-{name}.log"
-    # loadgen.run pins the load generator to CPU 1; here the servers may use both cores,
-    # so it runs unpinned through the same helper's parser.
-    cmd = [str(binary), "--port", str(port), "--transport", "ws", *args]
+def _drive(
+    binary: Path, port: int, transport: str, args: Sequence[str], name: str
+) -> dict[str, Any]:
+    log = OUT / "logs" / f"loadgen-{name}-{transport}.log"
+    # Unpinned, unlike the main bench: two workers need both cores.
+    cmd = [str(binary), "--port", str(port), "--transport", transport, *args]
     with log.open("wb") as err:
         done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, timeout=600, check=False)
     lines = [ln for ln in done.stdout.decode().splitlines() if ln.startswith("{")]
@@ -90,13 +91,15 @@ def _drive(binary: Path, port: int, args: Sequence[str], name: str) -> dict[str,
     return result
 
 
-def _fanout(binary: Path, name: str, extra: Sequence[str], subs: int, msgs: int) -> dict[str, Any]:
+def _fanout(
+    binary: Path, name: str, extra: Sequence[str], transport: str, subs: int, msgs: int
+) -> dict[str, Any]:
     port = free_port()
     server = _rawrt(name, port, extra)
     try:
         args = ["--mode", "fanout", "--subscribers", str(subs), "--messages", str(msgs),
                 "--bursts", "1", "--timeout-ms", "10000"]  # fmt: skip
-        return _drive(binary, port, args, name)
+        return _drive(binary, port, transport, args, name)
     finally:
         server.stop()
 
@@ -107,30 +110,25 @@ def _hop(binary: Path, name: str, extra: Sequence[str]) -> dict[str, Any]:
     try:
         args = ["--mode", "rate", "--subscribers", "10", "--rates", "500",
                 "--duration", "5", "--timeout-ms", "2000"]  # fmt: skip
-        return _drive(binary, port, args, name)
+        return _drive(binary, port, "ws", args, name)
     finally:
         server.stop()
 
 
-def run(subs: int, msgs: int, repeats: int) -> dict[str, list[dict[str, Any]]]:
+# The fan-outs: (transport, subscribers flag default, messages). WebSocket delivery is so cheap
+# for rawrt that the load generator is the bottleneck on two shared cores; a long poll costs
+# the server far more per delivery, so it shows what a second worker adds.
+TRANSPORTS = ("ws", "poll")
+
+
+def run(subs: dict[str, int], msgs: dict[str, int], repeats: int) -> dict[str, Any]:
     binary = loadgen.build(ROOT)
-    names = ("one", "workers2", "alone", "redis")
-    results: dict[str, list[dict[str, Any]]] = {k: [] for k in names}
+    results: dict[str, Any] = {"fanout": {}, "alone": [], "redis": []}
     with tempfile.TemporaryDirectory() as workdir:
         redis, url = _redis(Path(workdir))
         try:
             for rep in range(repeats):
-                order = [
-                    ("one", ["--redis", url]),
-                    ("workers2", ["--workers", "2", "--redis", url]),
-                ]
-                for name, extra in order if rep % 2 == 0 else order[::-1]:
-                    results[name].append(_fanout(binary, name, extra, subs, msgs))
-                    print(
-                        f"multinode: repeat {rep + 1} {name}: "
-                        f"{results[name][-1]['deliveries_per_s']:,.0f} deliveries/s",
-                        flush=True,
-                    )
+                _fanouts(binary, url, rep, subs, msgs, results["fanout"])
                 hops = [("alone", []), ("redis", ["--redis", url])]
                 for name, extra in hops if rep % 2 == 0 else hops[::-1]:
                     results[name].append(_hop(binary, name, extra))
@@ -139,38 +137,74 @@ def run(subs: int, msgs: int, repeats: int) -> dict[str, list[dict[str, Any]]]:
     return results
 
 
+def _fanouts(
+    binary: Path,
+    url: str,
+    rep: int,
+    subs: dict[str, int],
+    msgs: dict[str, int],
+    into: dict[str, list[dict[str, Any]]],
+) -> None:
+    order = [("one", ["--redis", url]), ("workers2", ["--workers", "2", "--redis", url])]
+    for transport in TRANSPORTS:
+        for name, extra in order if rep % 2 == 0 else order[::-1]:
+            row = _fanout(binary, name, extra, transport, subs[transport], msgs[transport])
+            into.setdefault(f"{transport}/{name}", []).append(row)
+            print(
+                f"multinode: repeat {rep + 1} {transport} {name}: "
+                f"{row['deliveries_per_s']:,.0f} deliveries/s",
+                flush=True,
+            )
+
+
 def _median(rows: list[dict[str, Any]], key: str) -> float:
     return statistics.median(float(r[key]) for r in rows)
 
 
-def report(results: dict[str, list[dict[str, Any]]], argv: Sequence[str]) -> str:
-    one, two = results["one"], results["workers2"]
-    ratio = _median(two, "deliveries_per_s") / _median(one, "deliveries_per_s")
+def _fanout_rows(fanout: dict[str, list[dict[str, Any]]]) -> list[str]:
+    lines = [
+        "| transport | server | deliveries/s | p50 ms | p99 ms | lost | loadgen CPU share |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for transport in TRANSPORTS:
+        for name, label in (("one", "one process"), ("workers2", "--workers 2")):
+            rows = fanout[f"{transport}/{name}"]
+            lines.append(
+                f"| {transport} | {label} | {_median(rows, 'deliveries_per_s'):,.0f} | "
+                f"{_median(rows, 'lat_p50_us') / 1000:.1f} | "
+                f"{_median(rows, 'lat_p99_us') / 1000:.1f} | "
+                f"{max(int(r['lost']) + int(r['duplicates']) for r in rows)} | "
+                f"{_median(rows, 'loadgen_cpu_share'):.0%} |"
+            )
+    return lines
+
+
+def report(results: dict[str, Any], argv: Sequence[str]) -> str:
+    fanout = results["fanout"]
+    repeats = len(results["alone"])
     lines = [
         "<!-- Written by python -m bench.multinode; edits are overwritten. -->",
         "# rawrt across processes: the Redis hop and --workers",
         "",
         f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
         f"command: `python -m bench.multinode {' '.join(argv)}`",
-        f"- Medians over {len(one)} repeats, alternating order; nothing pinned (two workers "
-        "need both cores, so the load generator shares them).",
+        f"- Medians over {repeats} repeats, alternating order. Nothing is pinned: two workers "
+        "need both cores, so the load generator shares them, and its CPU share (of one core) "
+        "is shown: near 100% it, not the server, sets the pace.",
         "",
-        "## WebSocket fan-out through Redis, one message at a time",
+        "## Fan-out through Redis, one message at a time",
         "",
-        "| server | deliveries/s | p50 ms | p99 ms | lost | loadgen CPU share |",
-        "|---|---|---|---|---|---|",
+        *_fanout_rows(fanout),
+        "",
     ]
-    for name, rows in (("one process, --redis", one), ("--workers 2, --redis", two)):
-        lines.append(
-            f"| {name} | {_median(rows, 'deliveries_per_s'):,.0f} | "
-            f"{_median(rows, 'lat_p50_us') / 1000:.1f} | "
-            f"{_median(rows, 'lat_p99_us') / 1000:.1f} | "
-            f"{max(int(r['lost']) + int(r['duplicates']) for r in rows)} | "
-            f"{_median(rows, 'loadgen_cpu_share'):.0%} |"
+    for transport in TRANSPORTS:
+        ratio = _median(fanout[f"{transport}/workers2"], "deliveries_per_s") / _median(
+            fanout[f"{transport}/one"], "deliveries_per_s"
         )
-    lines += ["", f"**--workers 2 ÷ one process: {ratio:.2f}** (aim: 1.6 on 2 cores)", ""]
+        lines.append(f"- **{transport}: --workers 2 ÷ one process = {ratio:.2f}** (aim: 1.6)")
     alone, redis = results["alone"], results["redis"]
     lines += [
+        "",
         "## The Redis hop: 50 messages/s to 10 WebSocket subscribers",
         "",
         "| server | p50 µs | p99 µs | lost |",
@@ -189,13 +223,17 @@ def report(results: dict[str, list[dict[str, Any]]], argv: Sequence[str]) -> str
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.multinode", description=__doc__)
-    parser.add_argument("--subscribers", type=int, default=4000)
-    parser.add_argument("--messages", type=int, default=200)
+    parser.add_argument("--ws-subscribers", type=int, default=4000)
+    parser.add_argument("--ws-messages", type=int, default=200)
+    parser.add_argument("--poll-subscribers", type=int, default=2000)
+    parser.add_argument("--poll-messages", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "MULTINODE.md")
     args = parser.parse_args(argv)
     given = list(sys.argv[1:] if argv is None else argv)
-    results = run(args.subscribers, args.messages, args.repeats)
+    subs = {"ws": args.ws_subscribers, "poll": args.poll_subscribers}
+    msgs = {"ws": args.ws_messages, "poll": args.poll_messages}
+    results = run(subs, msgs, args.repeats)
     (OUT / "raw.json").write_text(json.dumps(results, indent=1))
     text = report(results, given)
     args.out.write_text(text)
