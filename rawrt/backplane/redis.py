@@ -51,39 +51,42 @@ __all__ = ["RedisBackplane"]
 
 log = logging.getLogger("rawrt")
 
-# KEYS: hash, stream. ARGV: candidate epoch, data, timestamp, history size, pub/sub channel,
-# ttl seconds (0: keep). A missing hash means the history is gone (or never was): start a
-# new epoch and drop any stream left behind, so ids of the old lifetime can never match.
-_PUBLISH = """
+# Both scripts start here. KEYS: hash, stream. ARGV[1]: a candidate epoch, ARGV[2]: ttl
+# seconds (0: keep). A missing hash means the history is gone (or never was): start a new
+# epoch and drop any stream left behind, so ids of the old lifetime can never match.
+_EPOCH = """
 local epoch = redis.call('HGET', KEYS[1], 'e')
 if not epoch then
   epoch = ARGV[1]
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'e', epoch, 's', 0)
 end
-local seq = redis.call('HINCRBY', KEYS[1], 's', 1)
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], seq .. '-0', 'd', ARGV[2], 't', ARGV[3])
-redis.call('PUBLISH', ARGV[5], epoch .. ' ' .. seq .. ' ' .. ARGV[3] .. ' ' .. ARGV[2])
-if tonumber(ARGV[6]) > 0 then
-  redis.call('EXPIRE', KEYS[1], ARGV[6])
-  redis.call('EXPIRE', KEYS[2], ARGV[6])
+if tonumber(ARGV[2]) > 0 then
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
 end
-return {epoch, seq}
 """
 
-# KEYS: hash, stream. ARGV: candidate epoch, history size, ttl. Returns the epoch, the head
-# seq and the newest entries, newest first: one consistent snapshot.
-_SNAPSHOT = """
-local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', epoch, 's', 0)
-  if tonumber(ARGV[3]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
-end
-local seq = redis.call('HGET', KEYS[1], 's')
-return {epoch, seq, redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[2])}
+# ARGV[3..6]: data, timestamp, history size, pub/sub channel. Returns the epoch and seq.
+_PUBLISH = (
+    _EPOCH
+    + """
+local seq = redis.call('HINCRBY', KEYS[1], 's', 1)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], seq .. '-0', 'd', ARGV[3], 't', ARGV[4])
+redis.call('PUBLISH', ARGV[6], epoch .. ' ' .. seq .. ' ' .. ARGV[4] .. ' ' .. ARGV[3])
+return {epoch, seq}
 """
+)
+
+# ARGV[3]: history size. Returns the epoch, the head seq and the newest entries, newest
+# first: one consistent snapshot.
+_SNAPSHOT = (
+    _EPOCH
+    + """
+local seq = redis.call('HGET', KEYS[1], 's')
+return {epoch, seq, redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[3])}
+"""
+)
 
 # What a client is told when Redis cannot be used.
 _UNAVAILABLE = "the backplane (Redis) is unavailable"
@@ -215,11 +218,11 @@ class RedisBackplane:
                     2,
                     *self._keys(channel),
                     _new_epoch(),
+                    self._config.redis_history_ttl_s,
                     data_json,
                     timestamp_ms,
                     self._config.history_size,
                     self._topic(channel),
-                    self._config.redis_history_ttl_s,
                 )
             results = list(await pipe.execute(raise_on_error=False))
         # The load's own answer does not matter: had it failed, each EVALSHA says so itself.
@@ -309,7 +312,7 @@ class RedisBackplane:
     async def _snapshot(self, channel: str) -> tuple[str, int, list[Entry]]:
         epoch, head, raw = await self._snapshot_script(
             keys=self._keys(channel),
-            args=[_new_epoch(), self._config.history_size, self._config.redis_history_ttl_s],
+            args=[_new_epoch(), self._config.redis_history_ttl_s, self._config.history_size],
         )
         entries = [_entry(entry_id, fields) for entry_id, fields in reversed(raw)]
         return epoch.decode(), int(head), entries
