@@ -30,14 +30,24 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
 
+from rawrt.channel import (
+    KIND_SSE,
+    KIND_WS,
+    Channel,
+    Entry,
+    PollAnswer,
+    Subscription,
+    Waiter,
+    Write,
+    join_frames,
+    reset_bytes,
+)
 from rawrt.config import Config
 from rawrt.errors import RawrtError
 from rawrt.log import ChannelLog, Message
 from rawrt.wire import envelope, sse, wsframe
-from rawrt.wire.ids import format_id, parse_id, to_base36
+from rawrt.wire.ids import parse_id, to_base36
 
 __all__ = [
     "KIND_SSE",
@@ -51,12 +61,6 @@ __all__ = [
     "Waiter",
 ]
 
-# Transport kinds: the index of a message's bytes in `Message.frames`.
-KIND_WS = 0
-KIND_SSE = 1
-
-Write = Callable[[bytes], None]
-
 
 class HubFull(RawrtError):
     """Every channel slot is taken by a channel someone listens to."""
@@ -64,89 +68,6 @@ class HubFull(RawrtError):
 
 class NotAttached(RawrtError):
     """With a backplane, a channel must be synced from the shared history before use."""
-
-
-class Entry(NamedTuple):
-    """A message of the shared history, as a backplane hands it over."""
-
-    seq: int
-    timestamp_ms: int
-    data_json: str
-
-
-class Waiter(Protocol):
-    """A parked long poll: woken once with the answer to its request."""
-
-    def wake(self, answer: PollAnswer) -> None: ...
-
-
-@dataclass(slots=True, eq=False)
-class PollAnswer:
-    """What a long poll is answered with; shared by every poller one flush wakes."""
-
-    messages: list[Message]
-    cursor: str
-    reset: bool = False
-    # The I/O side keeps the response bytes it built here, so they are built once.
-    encoded: dict[object, bytes] = field(default_factory=dict)
-
-    def body(self) -> bytes:
-        return envelope.poll_body([m.data for m in self.messages], self.cursor, self.reset)
-
-
-class Subscription:
-    """One subscriber's place in one channel."""
-
-    __slots__ = ("channel", "cursor", "gone", "kind", "paused", "write")
-
-    def __init__(self, channel: Channel, kind: int, write: Write) -> None:
-        self.channel = channel
-        self.kind = kind
-        self.write = write
-        self.cursor = 0  # meaningful only while paused: seq of the last message written
-        self.paused = False
-        self.gone = False  # unsubscribed: a later pause() must not count it again
-
-
-class Channel:
-    __slots__ = (
-        "channel_json",
-        "epoch",
-        "flushed",
-        "live",
-        "log",
-        "name",
-        "parked",
-        "paused",
-        "pending",
-        "subscribers",
-    )
-
-    def __init__(self, name: str, epoch: str, log: ChannelLog) -> None:
-        self.name = name
-        self.channel_json = envelope.canonical_json(name)
-        self.epoch = epoch
-        self.log = log
-        self.flushed = log.head  # seq of the last message handed to live subscribers
-        self.pending: list[Message] = []  # appended since the last flush, oldest first
-        self.live: tuple[dict[Subscription, Write], ...] = ({}, {})  # per kind
-        self.parked: dict[Waiter, None] = {}
-        self.paused: dict[Subscription, None] = {}  # subscriptions holding a cursor
-        self.subscribers = 0  # live, paused and catching up
-
-    @property
-    def idle(self) -> bool:
-        return not self.subscribers and not self.parked
-
-    def id_of(self, seq: int) -> str:
-        return format_id(self.epoch, seq)
-
-    def cursor_of(self, message_id: str | None) -> int | None:
-        """The seq `message_id` names if it is resumable here, else None."""
-        parsed = parse_id(message_id) if message_id is not None else None
-        if parsed is None or parsed[0] != self.epoch or not self.log.holds_after(parsed[1]):
-            return None
-        return parsed[1]
 
 
 class Hub:
@@ -348,7 +269,7 @@ class Hub:
         self._fill(ch, entries[0].seq - 1 if entries else head, [])
         for live in ch.live:
             for sub, write in tuple(live.items()):
-                write(_reset_bytes(ch, sub.kind))
+                write(reset_bytes(ch, sub.kind))
         for sub in ch.paused:
             sub.cursor = -1  # no log holds -1: the resume writes a reset
         if ch.parked:
@@ -376,7 +297,7 @@ class Hub:
         ch.flushed = new[-1].seq  # before writing: a pause inside a write keeps this cursor
         for kind, live in enumerate(ch.live):
             if live:
-                batch = new[0].frames[kind] if len(new) == 1 else _join(new, kind)
+                batch = new[0].frames[kind] if len(new) == 1 else join_frames(new, kind)
                 for write in tuple(live.values()):  # a write may pause (remove) a subscriber
                     write(batch)
         if ch.parked:
@@ -418,7 +339,7 @@ class Hub:
         if since is not None:
             cursor = ch.cursor_of(since)
             if cursor is None:
-                write(_reset_bytes(ch, kind))
+                write(reset_bytes(ch, kind))
             else:
                 sub.cursor = cursor
         sub.paused = True  # catching up, then live
@@ -459,7 +380,7 @@ class Hub:
         ch.paused.pop(sub, None)
         if not ch.log.holds_after(sub.cursor):
             sub.cursor = ch.flushed
-            sub.write(_reset_bytes(ch, sub.kind))
+            sub.write(reset_bytes(ch, sub.kind))
         elif not self._catch_up(sub):
             return  # paused again mid-way; its cursor says where to go on
         if not sub.paused:
@@ -478,7 +399,7 @@ class Hub:
                 size += len(missed[end].frames[sub.kind])
                 end += 1
             sub.cursor = missed[end - 1].seq  # before the write, which may pause `sub`
-            sub.write(_join(missed[start:end], sub.kind))
+            sub.write(join_frames(missed[start:end], sub.kind))
             if sub.paused:
                 return False
             start = end
@@ -522,14 +443,3 @@ class Hub:
         ch = self.channel(name)
         self._flush_now(ch)
         return ch.id_of(ch.flushed)
-
-
-def _join(messages: list[Message], kind: int) -> bytes:
-    return b"".join([m.frames[kind] for m in messages])
-
-
-def _reset_bytes(ch: Channel, kind: int) -> bytes:
-    head = ch.id_of(ch.flushed)
-    if kind == KIND_WS:
-        return wsframe.frame(envelope.reset(ch.name, head).encode())
-    return sse.event(envelope.reset(ch.name, head), head, "reset")

@@ -19,7 +19,13 @@ pytestmark = QUIET_PATCH_WRITER
 
 PACKAGE = Path(rawrt.__file__).parent
 CORE = sorted(
-    [PACKAGE / "log.py", PACKAGE / "hub.py", PACKAGE / "config.py", PACKAGE / "errors.py"]
+    [
+        PACKAGE / "log.py",
+        PACKAGE / "channel.py",
+        PACKAGE / "hub.py",
+        PACKAGE / "config.py",
+        PACKAGE / "errors.py",
+    ]
     + [p for p in (PACKAGE / "wire").glob("*.py")]
 )
 FORBIDDEN = {"asyncio", "socket", "redis", "time", "selectors", "uvloop", "ssl", "threading"}
