@@ -66,15 +66,19 @@ class PollAnswer:
 class Subscription:
     """One subscriber's place in one channel."""
 
-    __slots__ = ("channel", "cursor", "gone", "kind", "paused", "write")
+    __slots__ = ("channel", "cursor", "gone", "kind", "write")
 
     def __init__(self, channel: Channel, kind: int, write: Write) -> None:
         self.channel = channel
         self.kind = kind
         self.write = write
         self.cursor = 0  # meaningful only while paused: seq of the last message written
-        self.paused = False
         self.gone = False  # unsubscribed: a later pause() must not count it again
+
+    @property
+    def paused(self) -> bool:
+        """Holding a cursor instead of being written to; the channel keeps that set."""
+        return self in self.channel.paused
 
 
 class Channel:

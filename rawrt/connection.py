@@ -197,7 +197,7 @@ class HttpConnection(asyncio.Protocol):
         _check_head(event.target, headers, self._server.config)
         length = _content_length(headers)
         if length is not None and length > self._server.config.max_body_bytes:
-            raise HttpError(413, f"body is larger than {self._server.config.max_body_bytes} bytes")
+            raise self._too_large()
         if self._parser.they_are_waiting_for_100_continue and self._transport is not None:
             self._transport.write(http.CONTINUE)
 
@@ -205,7 +205,10 @@ class HttpConnection(asyncio.Protocol):
         self._body.append(data)
         self._body_bytes += len(data)
         if self._body_bytes > self._server.config.max_body_bytes:
-            raise HttpError(413, f"body is larger than {self._server.config.max_body_bytes} bytes")
+            raise self._too_large()
+
+    def _too_large(self) -> HttpError:
+        return HttpError(413, f"body is larger than {self._server.config.max_body_bytes} bytes")
 
     def _finish_request(self) -> None:
         started, self._request = self._request, None
@@ -255,10 +258,6 @@ class HttpConnection(asyncio.Protocol):
         if reply is not None:
             self.send(_for_method(reply, request), request.keep_alive)
             self._process()  # requests pipelined behind this one
-
-    @property
-    def is_open(self) -> bool:
-        return self._transport is not None
 
     def send(self, reply: bytes, keep_alive: bool) -> None:
         """Write a complete response, then wait for the next request or close."""

@@ -164,9 +164,6 @@ class Hub:
         if ch.idle and self._channels.get(ch.name) is ch:
             self._idle[ch.name] = None
 
-    def __len__(self) -> int:
-        return len(self._channels)
-
     # --- publishing ------------------------------------------------------------------------
 
     def publish(self, name: str, data_json: str, now_ms: int) -> Message:
@@ -342,8 +339,7 @@ class Hub:
                 write(reset_bytes(ch, kind))
             else:
                 sub.cursor = cursor
-        sub.paused = True  # catching up, then live
-        ch.paused[sub] = None
+        ch.paused[sub] = None  # catching up, then live
         if start:
             self.resume(sub)
         return sub
@@ -353,7 +349,6 @@ class Hub:
         if ch.live[sub.kind].pop(sub, None) is None and not sub.paused:
             return  # already gone
         sub.gone = True
-        sub.paused = False
         ch.paused.pop(sub, None)
         ch.subscribers -= 1
         self._maybe_idle(ch)
@@ -365,7 +360,6 @@ class Hub:
         # and the next resume() make it live again.
         if sub.paused or sub.gone:
             return
-        sub.paused = True
         sub.channel.paused[sub] = None
         if sub.channel.live[sub.kind].pop(sub, None) is not None:
             sub.cursor = sub.channel.flushed
@@ -376,8 +370,7 @@ class Hub:
             return
         ch = sub.channel
         self._flush_now(ch)
-        sub.paused = False
-        ch.paused.pop(sub, None)
+        del ch.paused[sub]
         if not ch.log.holds_after(sub.cursor):
             sub.cursor = ch.flushed
             sub.write(reset_bytes(ch, sub.kind))

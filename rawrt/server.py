@@ -114,13 +114,6 @@ class Server:
         self._connections.clear()
         await self.backplane.stop()
 
-    async def serve_forever(self) -> None:
-        """Start if needed and serve until cancelled."""
-        if self._listener is None:
-            await self.start()
-        assert self._listener is not None
-        await self._listener.serve_forever()
-
     async def __aenter__(self) -> Server:
         await self.start()
         return self
@@ -194,10 +187,6 @@ class Server:
         self._streams.discard(conn)
         if self._drained is not None and not self._connections:
             self._drained.set()
-
-    @property
-    def connection_count(self) -> int:
-        return len(self._connections)
 
     def clock(self) -> float:
         """The loop's monotonic time, which every deadline uses."""
