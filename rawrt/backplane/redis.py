@@ -204,12 +204,12 @@ class RedisBackplane:
                     future.set_result(format_id(result[0].decode(), int(result[1])))
 
     async def _run_batch(self, batch: list[tuple[str, str, int, asyncio.Future[str]]]) -> list[Any]:
-        # Fix: redis-py's Script in a pipeline sends SCRIPT EXISTS before every execute(), a
-        # second round trip per batch (per publish, when they come one at a time), and when
-        # that fails it leaves the pipeline holding a pool connection. Instead, SCRIPT LOAD
-        # (idempotent, cheap when cached) goes first in the same pipeline: Redis runs one
-        # client's commands in order, so every EVALSHA after it finds the script, even right
-        # after a Redis restart emptied the script cache. One round trip per batch.
+        # Not redis-py's Script helper: in a pipeline it sends SCRIPT EXISTS before every
+        # execute(), a second round trip per batch (per publish, when they come one at a
+        # time), and on failure it keeps a pool connection. SCRIPT LOAD (idempotent, cheap
+        # when cached) goes first in the same pipeline instead: Redis runs one client's
+        # commands in order, so every EVALSHA after it finds the script, even right after a
+        # restart emptied the script cache. One round trip per batch.
         async with self._client.pipeline(transaction=False) as pipe:
             pipe.script_load(_PUBLISH)
             for channel, data_json, timestamp_ms, _ in batch:
@@ -244,34 +244,24 @@ class RedisBackplane:
                 return None
             # A client saw a newer message on another node than this one has heard of yet:
             # fetch it from the shared history rather than call the client's position lost.
-            return self._within_timeout(self._start_sync(channel, attachment))
+            syncing = self._start_sync(channel, attachment)
+            return asyncio.ensure_future(self._synced_within_timeout(syncing))
         if attachment is None:
             attachment = self._attached[channel] = _Attachment(asyncio.get_running_loop())
             self._spawn(self._attach(channel, attachment))
         return attachment.ready
 
-    def _within_timeout(self, syncing: asyncio.Future[None]) -> asyncio.Future[None]:
-        """`syncing`, or BackplaneUnavailable if it is not done within redis_timeout_s.
+    async def _synced_within_timeout(self, syncing: asyncio.Future[None]) -> None:
+        """Wait for a re-sync, but no longer than redis_timeout_s.
 
-        Fix: a re-sync retries until Redis answers, so while Redis was down a client that
-        brought a newer id waited as long: a poll past its own timeout, an SSE stream that
-        never got its head. Now it gets the unavailable answer (503, or SSE's retry).
+        A re-sync retries until Redis answers; while Redis is down, a client bringing a newer
+        id would wait as long (a poll past its own timeout, an SSE stream without its head).
+        It gets the unavailable answer instead: 503, or SSE's retry.
         """
-        loop = asyncio.get_running_loop()
-        bounded: asyncio.Future[None] = loop.create_future()
-
-        def settle(_: object = None) -> None:
-            timer.cancel()
-            if bounded.done():
-                return
-            if syncing.done():
-                bounded.set_result(None)
-            else:
-                bounded.set_exception(BackplaneUnavailable("Redis: cannot fetch the history"))
-
-        timer = loop.call_later(self._config.redis_timeout_s, settle)
-        syncing.add_done_callback(settle)
-        return bounded
+        try:
+            await asyncio.wait_for(asyncio.shield(syncing), self._config.redis_timeout_s)
+        except TimeoutError:
+            raise BackplaneUnavailable("Redis: cannot fetch the history") from None
 
     def _hub_has(self, channel: str) -> bool:
         return self._hub is not None and self._hub.has(channel)
