@@ -197,7 +197,7 @@ class Router:
     ) -> Reply:
         try:
             await pending
-        except BackplaneUnavailable as exc:
+        except (BackplaneUnavailable, HubFull) as exc:
             if unavailable is not None:
                 return unavailable(exc)
             raise HttpError(503, str(exc)) from None

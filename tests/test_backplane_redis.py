@@ -430,6 +430,24 @@ async def test_a_node_started_before_redis_is_unready_until_redis_comes(
         redis_server.stop()
 
 
+async def test_a_full_node_answers_new_channels_at_once_instead_of_hanging(
+    make_node: MakeNode, stack: Stack
+) -> None:
+    """With every channel slot busy, attaching one more is refused, not left waiting."""
+    node = await make_node(max_channels=1)
+    holder = await stack.enter_async_context(ws_connect(node.port))
+    await holder.send(json.dumps({"type": "subscribe", "channel": "busy"}))
+    assert (await ws_recv(holder))["type"] == "subscribed"
+    poll = await request(node.port, "GET", "/api/poll/other?timeout=5", timeout_s=STEP_S)
+    assert poll.status == 503
+    ws = await stack.enter_async_context(ws_connect(node.port))
+    await ws.send(json.dumps({"type": "subscribe", "channel": "other"}))
+    refused = await ws_recv(ws, timeout_s=STEP_S)
+    assert refused["type"] == "error" and refused["data"] == "Server busy"
+    await ws.send(json.dumps({"type": "ping"}))
+    assert (await ws_recv(ws))["type"] == "pong"  # the socket is still served
+
+
 # --- a node loses its pub/sub connection ----------------------------------------------------
 
 

@@ -44,7 +44,7 @@ from redis.retry import Retry
 
 from rawrt.config import Config
 from rawrt.errors import BackplaneUnavailable
-from rawrt.hub import Entry, Hub
+from rawrt.hub import Entry, Hub, HubFull
 from rawrt.wire.ids import format_id, to_base36
 
 __all__ = ["RedisBackplane"]
@@ -275,11 +275,14 @@ class RedisBackplane:
                 asyncio.shield(attachment.confirmed), self._config.redis_timeout_s
             )
             await self._sync(channel, attachment)
-        except (TimeoutError, RedisError, OSError, BackplaneUnavailable) as exc:
+        except (TimeoutError, RedisError, OSError, BackplaneUnavailable, HubFull) as exc:
+            # HubFull: every channel slot here is busy; the waiting client is told so.
             if self._attached.get(channel) is attachment:
                 self._detach(channel)
             if not attachment.ready.done():
-                attachment.ready.set_exception(_unavailable(exc))
+                attachment.ready.set_exception(
+                    exc if isinstance(exc, HubFull) else _unavailable(exc)
+                )
             return
         if not attachment.ready.done():
             attachment.ready.set_result(None)
