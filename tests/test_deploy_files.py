@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from rawrt.config import Config
 
@@ -219,7 +220,6 @@ def test_dockerfile() -> None:
 
 @pytest.fixture(scope="module")
 def manifests() -> dict[tuple[str, str], dict[str, Any]]:
-    yaml = pytest.importorskip("yaml")
     found: dict[tuple[str, str], dict[str, Any]] = {}
     for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
