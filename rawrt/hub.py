@@ -44,7 +44,7 @@ from rawrt.channel import (
     reset_bytes,
 )
 from rawrt.config import Config
-from rawrt.errors import RawrtError
+from rawrt.errors import HubFull, NotAttached
 from rawrt.log import ChannelLog, Message
 from rawrt.wire import envelope, sse, wsframe
 from rawrt.wire.ids import parse_id, to_base36
@@ -60,14 +60,6 @@ __all__ = [
     "Subscription",
     "Waiter",
 ]
-
-
-class HubFull(RawrtError):
-    """Every channel slot is taken by a channel someone listens to."""
-
-
-class NotAttached(RawrtError):
-    """With a backplane, a channel must be synced from the shared history before use."""
 
 
 class Hub:
