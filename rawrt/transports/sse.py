@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from rawrt.hub import KIND_SSE, Subscription
+from rawrt.hub import Kind, Subscription
 from rawrt.wire import http, sse
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ class EventStream(asyncio.Protocol):
             + sse.retry(config.sse_retry_ms)
             + sse.event(_CONNECTED, first_id)
         )
-        self._sub = hub.subscribe(channel, KIND_SSE, transport.write, last_event_id, start=False)
+        self._sub = hub.subscribe(channel, Kind.SSE, transport.write, last_event_id, start=False)
         hub.resume(self._sub)  # replay only now: a full socket can pause a known subscription
 
     def heartbeat(self) -> None:

@@ -32,7 +32,7 @@ from wsproto.events import (
 )
 
 from rawrt.errors import BackplaneUnavailable, BadMessage, WebSocketClose
-from rawrt.hub import KIND_WS, HubFull, NotAttached, Subscription
+from rawrt.hub import HubFull, Kind, NotAttached, Subscription
 from rawrt.wire import envelope, wsframe
 
 if TYPE_CHECKING:
@@ -297,7 +297,7 @@ class ChannelSocket(WebSocketSession):
         hub = self._server.hub
         self.send_text(envelope.subscribed(channel, hub.head_id(channel)))
         assert self._transport is not None
-        sub = hub.subscribe(channel, KIND_WS, self._transport.write, since, start=False)
+        sub = hub.subscribe(channel, Kind.WS, self._transport.write, since, start=False)
         self._subs[channel] = sub  # known before the replay, so a full socket can pause it
         if not self._write_paused:
             hub.resume(sub)
