@@ -7,6 +7,7 @@ implements.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
@@ -16,10 +17,9 @@ from rawrt.wire import envelope, sse, wsframe
 from rawrt.wire.ids import format_id, parse_id
 
 __all__ = [
-    "KIND_SSE",
-    "KIND_WS",
     "Channel",
     "Entry",
+    "Kind",
     "PollAnswer",
     "Subscription",
     "Waiter",
@@ -28,9 +28,14 @@ __all__ = [
     "reset_bytes",
 ]
 
-# Transport kinds: the index of a message's bytes in `Message.frames`.
-KIND_WS = 0
-KIND_SSE = 1
+
+class Kind(enum.IntEnum):
+    """A subscriber's transport kind. Its value is the index of that transport's bytes in
+    `Message.frames` and of its table in `Channel.live`, so it stays an int."""
+
+    WS = 0
+    SSE = 1
+
 
 Write = Callable[[bytes], None]
 
@@ -68,7 +73,7 @@ class Subscription:
 
     __slots__ = ("channel", "cursor", "gone", "kind", "write")
 
-    def __init__(self, channel: Channel, kind: int, write: Write) -> None:
+    def __init__(self, channel: Channel, kind: Kind, write: Write) -> None:
         self.channel = channel
         self.kind = kind
         self.write = write
@@ -123,11 +128,13 @@ class Channel:
 
 
 def join_frames(messages: list[Message], kind: int) -> bytes:
+    """Every message's bytes for one transport; `kind` is a Kind or its value (the fan-out
+    loop enumerates `Channel.live`, which is cheaper than iterating the enum)."""
     return b"".join([m.frames[kind] for m in messages])
 
 
-def reset_bytes(ch: Channel, kind: int) -> bytes:
+def reset_bytes(ch: Channel, kind: Kind) -> bytes:
     head = ch.id_of(ch.flushed)
-    if kind == KIND_WS:
+    if kind is Kind.WS:
         return wsframe.frame(envelope.reset(ch.name, head).encode())
     return sse.event(envelope.reset(ch.name, head), head, "reset")

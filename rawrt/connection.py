@@ -3,16 +3,15 @@
 Every accepted socket starts here. `HttpConnection` feeds bytes to an `h11.Connection`,
 enforces the limits h11 leaves to its user (whole-head size, header count, target length,
 Content-Length with Transfer-Encoding, a deadline on slow requests), and routes each complete
-request. Plain requests are answered here and the connection waits for the next one
-(keep-alive, pipelining). Three routes hand the socket over to another protocol object with
-`transport.set_protocol()`, and this object is dropped:
+request through its host's router. Plain requests are answered here and the connection waits
+for the next one (keep-alive, pipelining). A handler may instead hand the socket over to a
+transport (a WebSocket, an event stream, a parked long poll: rawrt.routes says which) with
+`take_over()`, and this object is dropped, so an open WebSocket or event stream keeps no HTTP
+parser. A new h11 parser is made for each request, which keeps this object's state to one
+request at a time.
 
-    GET /ws                       -> transports.websocket.ChannelSocket
-    GET /api/sse/subscribe/{ch}   -> transports.sse.EventStream
-    GET|POST /api/poll/{ch}       -> transports.longpoll.ParkedPoll (when nothing is ready)
-
-so an open WebSocket or event stream keeps no HTTP parser. A new h11 parser is made for each
-request, which keeps this object's state to one request at a time.
+All it uses of the server is an `HttpHost` (rawrt.edge): it knows no transport and no
+`Server`, and runs with a fake host in a test.
 """
 
 from __future__ import annotations
@@ -20,47 +19,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import h11
 
+from rawrt.config import Config
+from rawrt.edge import HttpHost, Reply, Request
+from rawrt.edge import RequestHeaders as Headers
 from rawrt.errors import HttpError
 from rawrt.wire import http
-
-if TYPE_CHECKING:
-    from rawrt.config import Config
-    from rawrt.server import Server
 
 __all__ = ["HttpConnection", "Reply", "Request"]
 
 log = logging.getLogger("rawrt")
-
-Headers = list[tuple[bytes, bytes]]  # (lower-cased name, value), as h11 gives them
-
-# What a route handler gives back: response bytes, None once it has taken the socket over,
-# or (when it must wait for a backplane) an awaitable of either.
-Reply = bytes | None
-
-
-@dataclass(slots=True)
-class Request:
-    """A complete request, as routes see it."""
-
-    method: bytes
-    target: bytes
-    http_version: bytes
-    headers: Headers
-    path: list[str]  # decoded segments, e.g. ["api", "poll", "news"]
-    query: dict[str, str]
-    body: bytes
-    keep_alive: bool
-
-    def header(self, name: bytes) -> bytes | None:
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
 
 
 class HttpConnection(asyncio.Protocol):
@@ -69,17 +40,17 @@ class HttpConnection(asyncio.Protocol):
     __slots__ = (
         "_body",
         "_body_bytes",
+        "_host",
         "_parser",
         "_receiving",
         "_request",
-        "_server",
         "_timer",
         "_transport",
         "_waiting",
     )
 
-    def __init__(self, server: Server) -> None:
-        self._server = server
+    def __init__(self, host: HttpHost) -> None:
+        self._host = host
         self._transport: asyncio.Transport | None = None
         self._parser = self._new_parser(b"")
         self._request: tuple[h11.Request, Headers] | None = None  # the one being read
@@ -91,7 +62,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _new_parser(self, trailing: bytes) -> h11.Connection:
         parser = h11.Connection(
-            h11.SERVER, max_incomplete_event_size=self._server.config.max_head_bytes
+            h11.SERVER, max_incomplete_event_size=self._host.config.max_head_bytes
         )
         if trailing:
             parser.receive_data(trailing)
@@ -103,9 +74,9 @@ class HttpConnection(asyncio.Protocol):
         # uvloop's transports do not subclass asyncio.Transport, but provide its methods.
         transport = cast(asyncio.Transport, transport)
         self._transport = transport
-        config = self._server.config
+        config = self._host.config
         transport.set_write_buffer_limits(config.write_high_water, config.write_low_water)
-        if not self._server.admit(self):
+        if not self._host.admit(self):
             transport.write(http.error_response(503, "server is at its connection limit"))
             transport.close()
             self._transport = None
@@ -116,7 +87,7 @@ class HttpConnection(asyncio.Protocol):
         """Take over a kept-alive connection from a finished long poll."""
         self._transport = transport
         transport.set_protocol(self)
-        self._server.register(self)
+        self._host.register(self)
         self._wait_for_request()
         if pending:
             self._parser = self._new_parser(pending)
@@ -129,7 +100,7 @@ class HttpConnection(asyncio.Protocol):
         self._begin_receiving()
         self._parser.receive_data(data)
         if self._waiting is not None and len(self._parser.trailing_data[0]) > (
-            self._server.config.max_pending_input_bytes
+            self._host.config.max_pending_input_bytes
         ):
             self._refuse(HttpError(400, "too much pipelined input"))
             return
@@ -143,7 +114,7 @@ class HttpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
         self._transport = None
-        self._server.forget(self)
+        self._host.forget(self)
 
     def shutdown(self) -> None:
         """Server stop: an idle connection closes now, a busy one after its response."""
@@ -194,9 +165,9 @@ class HttpConnection(asyncio.Protocol):
         self._request = (event, headers)
         self._body = []
         self._body_bytes = 0
-        _check_head(event.target, headers, self._server.config)
+        _check_head(event.target, headers, self._host.config)
         length = _content_length(headers)
-        if length is not None and length > self._server.config.max_body_bytes:
+        if length is not None and length > self._host.config.max_body_bytes:
             raise self._too_large()
         if self._parser.they_are_waiting_for_100_continue and self._transport is not None:
             self._transport.write(http.CONTINUE)
@@ -204,11 +175,11 @@ class HttpConnection(asyncio.Protocol):
     def _add_body(self, data: bytes) -> None:
         self._body.append(data)
         self._body_bytes += len(data)
-        if self._body_bytes > self._server.config.max_body_bytes:
+        if self._body_bytes > self._host.config.max_body_bytes:
             raise self._too_large()
 
     def _too_large(self) -> HttpError:
-        return HttpError(413, f"body is larger than {self._server.config.max_body_bytes} bytes")
+        return HttpError(413, f"body is larger than {self._host.config.max_body_bytes} bytes")
 
     def _finish_request(self) -> None:
         started, self._request = self._request, None
@@ -217,12 +188,12 @@ class HttpConnection(asyncio.Protocol):
         self._cancel_timer()
         request = _request_of(*started, b"".join(self._body))
         self._body = []
-        if self._server.stopping:
+        if self._host.stopping:
             # This connection closes after its answer (send() sees to that); RFC 9112 §9.6:
             # say so in the answer, so a client knows not to send anything more on it.
             request.keep_alive = False
         try:
-            handler, channel = self._server.router.resolve(request)
+            handler, channel = self._host.router.resolve(request)
             reply = handler(request, self, channel)
         except HttpError as exc:
             reply = self._error_reply(exc, request)
@@ -234,7 +205,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _error_reply(self, exc: HttpError, request: Request) -> bytes:
         # The whole request has been read, so the connection can go on after this.
-        headers = (*exc.headers, *self._server.cors_headers)
+        headers = (*exc.headers, *self._host.cors_headers)
         return http.error_response(
             exc.status, exc.detail, headers=headers, keep_alive=request.keep_alive
         )
@@ -265,7 +236,7 @@ class HttpConnection(asyncio.Protocol):
         if transport is None:
             return
         transport.write(reply)
-        if not keep_alive or self._server.stopping:
+        if not keep_alive or self._host.stopping:
             transport.close()
             self._transport = None
             return
@@ -281,7 +252,7 @@ class HttpConnection(asyncio.Protocol):
         transport, self._transport = self._transport, None
         assert transport is not None
         self._cancel_timer()
-        self._server.forget(self)
+        self._host.forget(self)
         return transport, self._parser.trailing_data[0]
 
     def _refuse(self, exc: HttpError) -> None:
@@ -303,12 +274,12 @@ class HttpConnection(asyncio.Protocol):
 
     def _wait_for_request(self) -> None:
         self._receiving = False
-        self._start_timer(self._server.config.keepalive_timeout_s, self._idle_timed_out)
+        self._start_timer(self._host.config.keepalive_timeout_s, self._idle_timed_out)
 
     def _begin_receiving(self) -> None:
         if not self._receiving:
             self._receiving = True
-            self._start_timer(self._server.config.request_timeout_s, self._request_timed_out)
+            self._start_timer(self._host.config.request_timeout_s, self._request_timed_out)
 
     def _start_timer(self, delay_s: float, callback: Callable[[], None]) -> None:
         self._cancel_timer()

@@ -6,7 +6,10 @@
     ├── WebSocketClose       the peer broke a rule: carries the close code (RFC 6455 §7.4.1)
     ├── BadMessage           a client frame we cannot act on: answered with a JSON error
     │                        frame, and the connection stays open
-    └── BackplaneUnavailable publishing is impossible right now: 503
+    ├── BackplaneUnavailable publishing is impossible right now: 503
+    ├── HubFull              every channel slot is busy: 503, or an error frame
+    └── NotAttached          a channel not yet synced from the backplane: 503, or an error
+                             frame
 
 Bad peer input is always one of these, classified at the point it is found; it never escapes a
 connection. Any other exception is a bug in rawrt: it is logged with the connection id and
@@ -20,6 +23,8 @@ __all__ = [
     "BadMessage",
     "ConfigError",
     "HttpError",
+    "HubFull",
+    "NotAttached",
     "RawrtError",
     "WebSocketClose",
 ]
@@ -62,3 +67,11 @@ class BadMessage(RawrtError):
 
 class BackplaneUnavailable(RawrtError):
     """The backplane cannot take a publish now (e.g. Redis is down)."""
+
+
+class HubFull(RawrtError):
+    """Every channel slot is taken by a channel someone listens to."""
+
+
+class NotAttached(RawrtError):
+    """With a backplane, a channel must be synced from the shared history before use."""

@@ -32,10 +32,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from rawrt.channel import (
-    KIND_SSE,
-    KIND_WS,
     Channel,
     Entry,
+    Kind,
     PollAnswer,
     Subscription,
     Waiter,
@@ -44,30 +43,21 @@ from rawrt.channel import (
     reset_bytes,
 )
 from rawrt.config import Config
-from rawrt.errors import RawrtError
+from rawrt.errors import HubFull, NotAttached
 from rawrt.log import ChannelLog, Message
 from rawrt.wire import envelope, sse, wsframe
 from rawrt.wire.ids import parse_id, to_base36
 
 __all__ = [
-    "KIND_SSE",
-    "KIND_WS",
     "Entry",
     "Hub",
     "HubFull",
+    "Kind",
     "NotAttached",
     "PollAnswer",
     "Subscription",
     "Waiter",
 ]
-
-
-class HubFull(RawrtError):
-    """Every channel slot is taken by a channel someone listens to."""
-
-
-class NotAttached(RawrtError):
-    """With a backplane, a channel must be synced from the shared history before use."""
 
 
 class Hub:
@@ -292,7 +282,7 @@ class Hub:
             return
         ch.pending = []
         ch.flushed = new[-1].seq  # before writing: a pause inside a write keeps this cursor
-        for kind, live in enumerate(ch.live):
+        for kind, live in enumerate(ch.live):  # the index is the Kind's value
             if live:
                 batch = new[0].frames[kind] if len(new) == 1 else join_frames(new, kind)
                 for write in tuple(live.values()):  # a write may pause (remove) a subscriber
@@ -314,7 +304,7 @@ class Hub:
     def subscribe(
         self,
         name: str,
-        kind: int,
+        kind: Kind,
         write: Write,
         since: str | None = None,
         *,

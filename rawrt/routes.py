@@ -6,32 +6,29 @@ known path gets the CORS preflight answer; anything else is 404. Each handler re
 response bytes, None when it has handed the connection to a transport, or, when it must
 wait for the backplane (a publish numbered by Redis, a channel being synced), an awaitable
 of either.
+
+This is the one module that names the transports: it starts each of them on the socket a
+handler takes over, and hands it the same host it was given (a `RouterHost`, rawrt.edge).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
-from rawrt.connection import HttpConnection, Reply, Request
-from rawrt.errors import BackplaneUnavailable, BadMessage, HttpError
-from rawrt.hub import HubFull, NotAttached, PollAnswer
+from rawrt.edge import AnyReply, Exchange, Handler, Reply, Request, RouterHost
+from rawrt.errors import BackplaneUnavailable, BadMessage, HttpError, HubFull, NotAttached
+from rawrt.hub import PollAnswer
 from rawrt.transports.longpoll import ParkedPoll, poll_response
 from rawrt.transports.sse import EventStream, stream_unavailable
 from rawrt.transports.websocket import ChannelSocket, EchoSocket, WebSocketSession
 from rawrt.wire import envelope, handshake, http
-
-if TYPE_CHECKING:
-    from rawrt.server import Server
 
 __all__ = ["Router"]
 
 CHANNEL = "{channel}"
 # Routes that also answer HEAD (RFC 9110 §9.3.2), for probes; the others stream or upgrade.
 _HEAD_OK = frozenset({"healthz", "readyz"})
-AnyReply = Reply | Awaitable[Reply]
-Handler = Callable[[Request, HttpConnection, str], AnyReply]
 
 ROUTES: tuple[tuple[bytes, tuple[str, ...], str], ...] = (
     (b"GET", ("ws",), "websocket"),
@@ -47,11 +44,11 @@ ROUTES: tuple[tuple[bytes, tuple[str, ...], str], ...] = (
 
 
 class Router:
-    def __init__(self, server: Server) -> None:
-        self._server = server
+    def __init__(self, host: RouterHost) -> None:
+        self._host = host
         routes = list(ROUTES)
-        if server.config.echo_path:
-            echo = tuple(server.config.echo_path.strip("/").split("/"))
+        if host.config.echo_path:
+            echo = tuple(host.config.echo_path.strip("/").split("/"))
             routes.append((b"GET", echo, "echo"))
         # Every pattern, as a tuple, to its (method, handler name) pairs: resolving a path is
         # two dict lookups (as it is, and with its last segment read as a channel).
@@ -79,25 +76,25 @@ class Router:
 
     # --- handlers --------------------------------------------------------------------------
 
-    def _websocket(self, request: Request, conn: HttpConnection, _: str) -> bytes | None:
+    def _websocket(self, request: Request, conn: Exchange, _: str) -> bytes | None:
         return self._upgrade(request, conn, ChannelSocket)
 
-    def _echo(self, request: Request, conn: HttpConnection, _: str) -> bytes | None:
+    def _echo(self, request: Request, conn: Exchange, _: str) -> bytes | None:
         return self._upgrade(request, conn, EchoSocket)
 
     def _upgrade(
-        self, request: Request, conn: HttpConnection, kind: type[WebSocketSession]
+        self, request: Request, conn: Exchange, kind: type[WebSocketSession]
     ) -> bytes | None:
         accept = handshake.check_upgrade(request.method, request.http_version, request.headers)
         transport, pending = conn.take_over()
         transport.write(handshake.switching_protocols(accept))
-        kind(self._server, transport).start(pending)
+        kind(self._host, transport).start(pending)
         return None
 
-    def _broadcast(self, request: Request, conn: HttpConnection, channel: str) -> AnyReply:
+    def _broadcast(self, request: Request, conn: Exchange, channel: str) -> AnyReply:
         return self._publish_reply(request, channel, "sent")
 
-    def _publish(self, request: Request, conn: HttpConnection, channel: str) -> AnyReply:
+    def _publish(self, request: Request, conn: Exchange, channel: str) -> AnyReply:
         return self._publish_reply(request, channel, "published")
 
     def _publish_reply(self, request: Request, channel: str, flag: str) -> AnyReply:
@@ -109,7 +106,7 @@ class Router:
         except BadMessage as exc:
             raise HttpError(400, exc.reason) from None
         try:
-            result = self._server.publish_json(channel, data)
+            result = self._host.publish_json(channel, data)
         except HubFull as exc:
             raise HttpError(503, str(exc)) from None
         if isinstance(result, str):
@@ -125,7 +122,7 @@ class Router:
             raise HttpError(503, str(exc)) from None
         return self._json(request, {flag: True, "id": message_id})
 
-    def _sse(self, request: Request, conn: HttpConnection, channel: str) -> AnyReply:
+    def _sse(self, request: Request, conn: Exchange, channel: str) -> AnyReply:
         self._check_channel(channel)
         # Both answers, the stream and the short one that says "retry later", are bodies
         # without a length, which only closing the connection ends (RFC 9112 §6.3). Kept
@@ -141,18 +138,18 @@ class Router:
             self._sse_unavailable,
         )
 
-    def _open_stream(self, conn: HttpConnection, channel: str, last_id: str | None) -> Reply:
-        self._server.hub.head_id(channel)  # raises HubFull before the socket changes hands
+    def _open_stream(self, conn: Exchange, channel: str, last_id: str | None) -> Reply:
+        self._host.hub.head_id(channel)  # raises HubFull before the socket changes hands
         transport, _ = conn.take_over()
-        EventStream(self._server, transport).open(channel, last_id)
+        EventStream(self._host, transport).open(channel, last_id)
         return None
 
     def _sse_unavailable(self, exc: Exception) -> bytes:
         # NOTES: any status but 200 stops EventSource for good. A 200 that ends at once makes
         # it reconnect after `retry`, which is what a client should do while we cannot serve.
-        return stream_unavailable(self._server.cors_headers, str(exc))
+        return stream_unavailable(self._host.cors_headers, str(exc))
 
-    def _poll(self, request: Request, conn: HttpConnection, channel: str) -> AnyReply:
+    def _poll(self, request: Request, conn: Exchange, channel: str) -> AnyReply:
         self._check_channel(channel)
         timeout_s = self._poll_timeout(request.query.get("timeout"))
         since = request.query.get("since") or None
@@ -163,16 +160,16 @@ class Router:
     def _poll_now(
         self,
         request: Request,
-        conn: HttpConnection,
+        conn: Exchange,
         channel: str,
         since: str | None,
         timeout_s: float,
     ) -> Reply:
-        ready = self._server.hub.poll(channel, since)
+        ready = self._host.hub.poll(channel, since)
         if isinstance(ready, PollAnswer):
-            return poll_response(self._server, ready, request.keep_alive)
+            return poll_response(self._host.cors_headers, ready, request.keep_alive)
         transport, pending = conn.take_over()
-        ParkedPoll(self._server, transport, channel, request.keep_alive).park(pending, timeout_s)
+        ParkedPoll(self._host, transport, channel, request.keep_alive).park(pending, timeout_s)
         return None
 
     def _when_attached(
@@ -183,7 +180,7 @@ class Router:
         unavailable: Callable[[Exception], bytes] | None,
     ) -> AnyReply:
         """Run `then` once `channel` is usable here: now, or after the backplane synced it."""
-        pending = self._server.attach(channel, since)
+        pending = self._host.attach(channel, since)
         if pending is None:
             return self._guarded(then, unavailable)
         return self._after_attach(pending, channel, then, unavailable)
@@ -214,7 +211,7 @@ class Router:
             raise HttpError(503, f"channel unavailable: {exc}") from None
 
     def _poll_timeout(self, text: str | None) -> float:
-        config = self._server.config
+        config = self._host.config
         if text is None or text == "":
             return config.poll_timeout_s
         try:
@@ -225,33 +222,33 @@ class Router:
             raise HttpError(400, f"timeout must be in 0..{config.poll_max_timeout_s} seconds")
         return value
 
-    def _healthz(self, request: Request, conn: HttpConnection, _: str) -> bytes:
+    def _healthz(self, request: Request, conn: Exchange, _: str) -> bytes:
         return self._json(request, {"status": "ok"})
 
-    def _readyz(self, request: Request, conn: HttpConnection, _: str) -> bytes:
-        ready = self._server.ready
+    def _readyz(self, request: Request, conn: Exchange, _: str) -> bytes:
+        ready = self._host.ready
         return self._json(request, {"ready": ready}, 200 if ready else 503)
 
-    def _preflight(self, request: Request, conn: HttpConnection, _: str) -> bytes:
+    def _preflight(self, request: Request, conn: Exchange, _: str) -> bytes:
         headers = [
-            *self._server.cors_headers,
+            *self._host.cors_headers,
             ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
             ("Access-Control-Allow-Headers", "Content-Type, Last-Event-ID"),
             ("Access-Control-Max-Age", "86400"),
         ]
         return http.response(204, headers=headers, keep_alive=request.keep_alive)
 
-    def _not_found(self, request: Request, conn: HttpConnection, _: str) -> bytes:
+    def _not_found(self, request: Request, conn: Exchange, _: str) -> bytes:
         raise HttpError(404, "no such route")
 
     # --- helpers ---------------------------------------------------------------------------
 
     def _check_channel(self, channel: str) -> None:
-        limit = self._server.config.max_channel_bytes
+        limit = self._host.config.max_channel_bytes
         if len(channel.encode("utf-8", "surrogatepass")) > limit:
             raise HttpError(400, f"channel name is longer than {limit} bytes")
 
     def _json(self, request: Request, value: object, status: int = 200) -> bytes:
         return http.json_response(
-            status, value, headers=self._server.cors_headers, keep_alive=request.keep_alive
+            status, value, headers=self._host.cors_headers, keep_alive=request.keep_alive
         )

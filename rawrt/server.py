@@ -10,6 +10,9 @@
 It runs in whatever asyncio loop is current (stock or uvloop). Everything periodic is one
 callback chain, the sweep: WebSocket pings and their deadlines, and SSE heartbeats, walk the
 open connections a few times per interval instead of holding a timer per connection.
+
+The HTTP driver, the router and the transports see the server only through the protocols of
+rawrt.edge (`Server` implements them all), so this module is the only one that knows it.
 """
 
 from __future__ import annotations
@@ -18,15 +21,13 @@ import asyncio
 import logging
 import secrets
 import time
-from typing import Any
 
 from rawrt.backplane import Backplane, LocalBackplane
 from rawrt.config import Config
 from rawrt.connection import HttpConnection
+from rawrt.edge import PingedSession, Session, StreamSession
 from rawrt.hub import Hub
 from rawrt.routes import Router
-from rawrt.transports.sse import EventStream
-from rawrt.transports.websocket import WebSocketSession
 from rawrt.wire import envelope
 from rawrt.wire.ids import to_base36
 
@@ -56,9 +57,11 @@ class Server:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: asyncio.Server | None = None
         self._port: int | None = None  # kept after stop(): the listener's sockets are gone
-        self._connections: set[Any] = set()
-        self._sockets: set[WebSocketSession] = set()
-        self._streams: set[EventStream] = set()
+        self._connections: set[Session] = set()
+        # The two kinds the sweep visits, keyed as the registry knows every connection, so
+        # that forget() needs no test of what it is given.
+        self._sockets: dict[Session, PingedSession] = {}
+        self._streams: dict[Session, StreamSession] = {}
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._next_heartbeat = 0.0
         self._drained: asyncio.Event | None = None
@@ -160,19 +163,16 @@ class Server:
 
     # --- the registry of open connections --------------------------------------------------
 
-    def admit(self, conn: HttpConnection) -> bool:
+    def admit(self, conn: Session) -> bool:
         """Register a new connection, unless the server is full or stopping."""
         if self.stopping or len(self._connections) >= self.config.max_connections:
             return False
         self._connections.add(conn)
         return True
 
-    def register(self, conn: Any) -> None:
+    def register(self, conn: Session) -> None:
+        """A connection the server must say goodbye to when it stops (a parked poll, ...)."""
         self._connections.add(conn)
-        if isinstance(conn, WebSocketSession):
-            self._sockets.add(conn)
-        elif isinstance(conn, EventStream):
-            self._streams.add(conn)
         if self.stopping:
             # A request that was still arriving when stop() said its goodbyes can hand its
             # socket to a transport afterwards (a parked poll, an event stream, a WebSocket).
@@ -181,10 +181,20 @@ class Server:
             assert self._loop is not None
             self._loop.call_soon(conn.shutdown)
 
-    def forget(self, conn: Any) -> None:
+    def register_socket(self, ws: PingedSession) -> None:
+        """An open WebSocket: the sweep pings it."""
+        self._sockets[ws] = ws
+        self.register(ws)
+
+    def register_stream(self, stream: StreamSession) -> None:
+        """An open event stream: the sweep writes its heartbeats."""
+        self._streams[stream] = stream
+        self.register(stream)
+
+    def forget(self, conn: Session) -> None:
         self._connections.discard(conn)
-        self._sockets.discard(conn)
-        self._streams.discard(conn)
+        self._sockets.pop(conn, None)
+        self._streams.pop(conn, None)
         if self._drained is not None and not self._connections:
             self._drained.set()
 
@@ -210,11 +220,11 @@ class Server:
 
     def _sweep(self) -> None:
         now = self.clock()
-        for ws in tuple(self._sockets):
+        for ws in tuple(self._sockets.values()):
             ws.check_liveness(now)
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + self.config.sse_heartbeat_s
-            for stream in tuple(self._streams):
+            for stream in tuple(self._streams.values()):
                 stream.heartbeat()
         self.backplane.sweep(now)
         self._schedule_sweep()

@@ -1,10 +1,12 @@
 """rawrt.connection.HttpConnection fed by hand: the same bytes in any pieces give the same
 bytes out, and the limits h11 leaves to its user are enforced.
 
-A real `Server` (port 0 on 127.0.0.1) supplies routes and the hub; the connection under
-test is not one of its sockets but an HttpConnection given a fake transport that records
-what is written. Everything the driver does here is synchronous, so each feed is finished
-when `data_received` returns.
+Most tests have a real `Server` (port 0 on 127.0.0.1) supply routes and the hub; the
+connection under test is not one of its sockets but an HttpConnection given a fake transport
+that records what is written. The last ones give the driver a fake host instead (the
+`HttpHost` protocol of rawrt.edge, in a few lines), with no server and no socket at all.
+Everything the driver does here is synchronous, so each feed is finished when
+`data_received` returns.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
@@ -22,7 +24,10 @@ from support import CORE, QUIET_PATCH_WRITER
 
 from rawrt.config import Config
 from rawrt.connection import HttpConnection
+from rawrt.edge import AnyReply, Exchange, Handler, Reply, Request, Session
+from rawrt.errors import HttpError
 from rawrt.server import Server
+from rawrt.wire import http
 
 pytestmark = QUIET_PATCH_WRITER
 
@@ -260,3 +265,135 @@ async def test_response_to_head_has_no_body_so_the_next_response_follows_its_hea
     first_head, _, rest = output.partition(b"\r\n\r\n")
     assert first_head.startswith(b"HTTP/1.1 ")
     assert rest.startswith(b"HTTP/1.1 200 ")  # RFC 9112 §6.3: a HEAD response has no content
+
+
+# --- the driver alone: a fake host, no server, no listening socket -----------------------------
+
+
+class FakeHost:
+    """An HttpHost (rawrt.edge): one handler for every path, and the registry as a set."""
+
+    def __init__(self, handler: Handler, *, full: bool = False) -> None:
+        self.config = Config(port=0)
+        self.stopping = False
+        self.cors_headers = (("Access-Control-Allow-Origin", "*"),)
+        self.router = self  # resolve() below
+        self.handler, self.full = handler, full
+        self.open: set[Session] = set()
+        self.paths: list[list[str]] = []
+
+    def resolve(self, request: Request) -> tuple[Handler, str]:
+        self.paths.append(request.path)
+        return self.handler, request.path[-1]
+
+    def admit(self, conn: Session) -> bool:
+        if not self.full:
+            self.open.add(conn)
+        return not self.full
+
+    def register(self, conn: Session) -> None:
+        self.open.add(conn)
+
+    def forget(self, conn: Session) -> None:
+        self.open.discard(conn)
+
+
+def _echo_path(request: Request, conn: Exchange, channel: str) -> AnyReply:
+    return http.response(200, channel.encode(), keep_alive=request.keep_alive)
+
+
+def _driven(host: FakeHost, data: bytes) -> tuple[HttpConnection, FakeTransport]:
+    transport = FakeTransport()
+    conn = HttpConnection(host)
+    transport.set_protocol(conn)
+    conn.connection_made(transport)
+    conn.data_received(data)
+    return conn, transport
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    """Let callbacks run (closing tells the protocol on the next iteration), bounded."""
+    for _ in range(100):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition not met within 100 loop iterations")
+
+
+async def test_driver_answers_pipelined_requests_of_a_fake_host_in_order() -> None:
+    host = FakeHost(_echo_path)
+    data = _request("GET /a HTTP/1.1\nHost: h\n") + _request("HEAD /bb HTTP/1.1\nHost: h\n")
+    data += _request("GET /c HTTP/1.1\nHost: h\nConnection: close\n")
+    _, transport = _driven(host, data)
+    assert host.paths == [["a"], ["bb"], ["c"]]
+    out = bytes(transport.written)
+    assert _statuses(out) == [200, 200, 200]
+    # The HEAD answer is the GET answer's head: Content-Length 2, and no body before the next.
+    assert b"Content-Length: 2\r\n\r\nHTTP/1.1 200" in out and out.endswith(b"\r\n\r\nc")
+    assert b"Connection: close" in out.rpartition(b"HTTP/1.1")[2] and transport.closed
+    await _until(lambda: not host.open)
+
+
+async def test_driver_refuses_with_503_when_the_host_does_not_admit_it() -> None:
+    host = FakeHost(_echo_path, full=True)
+    _, transport = _driven(host, _request("GET /a HTTP/1.1\nHost: h\n"))
+    assert _statuses(bytes(transport.written)) == [503] and transport.closed
+    assert host.paths == [] and not host.open
+
+
+async def test_driver_answers_a_handler_error_with_the_hosts_cors_headers_and_goes_on() -> None:
+    def refuse(request: Request, conn: Exchange, channel: str) -> AnyReply:
+        if channel == "bad":
+            raise HttpError(409, "no")
+        return _echo_path(request, conn, channel)
+
+    host = FakeHost(refuse)
+    data = _request("GET /bad HTTP/1.1\nHost: h\n") + _request("GET /ok HTTP/1.1\nHost: h\n")
+    conn, transport = _driven(host, data)
+    out = bytes(transport.written)
+    assert _statuses(out) == [409, 200] and not transport.closed
+    assert b"Access-Control-Allow-Origin: *" in out.split(b"HTTP/1.1 200")[0]
+    assert b'{"error":"no","status":409}' in out and conn in host.open
+    transport.close()
+    await _until(lambda: not host.open)
+
+
+async def test_driver_hands_the_socket_and_the_bytes_behind_the_request_to_a_taker() -> None:
+    taken: list[tuple[asyncio.Transport, bytes]] = []
+
+    def take(request: Request, conn: Exchange, channel: str) -> AnyReply:
+        taken.append(conn.take_over())
+        return None
+
+    host = FakeHost(take)
+    conn, transport = _driven(host, _request("GET /ws HTTP/1.1\nHost: h\n") + b"\x81\x00")
+    assert taken == [(transport, b"\x81\x00")]
+    assert transport.written == b"" and not transport.closed and conn not in host.open
+    conn.data_received(b"GET /x HTTP/1.1\r\n\r\n")  # no longer its socket: ignored
+    assert host.paths == [["ws"]]
+
+
+async def test_driver_holds_a_pipelined_request_until_a_late_answer_is_written() -> None:
+    late: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+
+    def answer(request: Request, conn: Exchange, channel: str) -> AnyReply:
+        return late if channel == "slow" else _echo_path(request, conn, channel)
+
+    host = FakeHost(answer)
+    data = _request("GET /slow HTTP/1.1\nHost: h\n") + _request("GET /fast HTTP/1.1\nHost: h\n")
+    _, transport = _driven(host, data)
+    assert transport.written == b"" and host.paths == [["slow"]]
+    late.set_result(http.response(200, b"late"))
+    await _until(lambda: transport.written.endswith(b"fast"))
+    assert _statuses(bytes(transport.written)) == [200, 200]
+    assert bytes(transport.written).index(b"late") < bytes(transport.written).index(b"fast")
+    transport.close()
+
+
+async def test_driver_of_a_stopping_host_closes_after_its_answer() -> None:
+    host = FakeHost(_echo_path)
+    host.stopping = True
+    _, transport = _driven(host, _request("GET /a HTTP/1.1\nHost: h\n"))
+    assert _statuses(bytes(transport.written)) == [200] and transport.closed
+    assert b"Connection: close" in transport.written
+    await _until(lambda: not host.open)

@@ -10,13 +10,13 @@ import pytest
 from support import QUIET_PATCH_WRITER, Item, Sink
 
 from rawrt.config import Config
-from rawrt.hub import KIND_SSE, KIND_WS, Hub, HubFull, PollAnswer, Subscription
+from rawrt.hub import Hub, HubFull, Kind, PollAnswer, Subscription
 from rawrt.wire.envelope import canonical_json
 from rawrt.wire.ids import format_id
 
 pytestmark = QUIET_PATCH_WRITER
 
-KINDS = [KIND_WS, KIND_SSE]
+KINDS = [Kind.WS, Kind.SSE]
 
 
 class FakeLoop:
@@ -64,7 +64,7 @@ class Waiter:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_publisher_schedules_one_flush_and_subscriber_gets_a_batch_in_one_write(kind: int) -> None:
+def test_publisher_schedules_one_flush_and_subscriber_gets_a_batch_in_one_write(kind: Kind) -> None:
     hub, loop = make_hub()
     sink = Sink(kind)
     hub.subscribe("news", kind, sink)
@@ -83,7 +83,7 @@ def test_publisher_schedules_one_flush_and_subscriber_gets_a_batch_in_one_write(
 
 def test_subscribers_of_one_kind_are_written_the_same_bytes_object() -> None:
     hub, _ = make_hub()
-    ws1, ws2, sse = Sink(KIND_WS), Sink(KIND_WS), Sink(KIND_SSE)
+    ws1, ws2, sse = Sink(Kind.WS), Sink(Kind.WS), Sink(Kind.SSE)
     for sink in (ws1, ws2, sse):
         hub.subscribe("c", sink.kind, sink)
     publish(hub, "c", 1)
@@ -95,7 +95,7 @@ def test_subscribers_of_one_kind_are_written_the_same_bytes_object() -> None:
 def test_ws_message_envelope_carries_channel_data_timestamp_and_id() -> None:
     hub, _ = make_hub()
     frames: list[bytes] = []
-    hub.subscribe("a\ud800", KIND_WS, frames.append)  # a lone surrogate stays escaped
+    hub.subscribe("a\ud800", Kind.WS, frames.append)  # a lone surrogate stays escaped
     message = hub.publish("a\ud800", '{"k":[1,"é"]}', now_ms=1234)
     hub.flush()
     envelope = json.loads(frames[0][2:])
@@ -109,7 +109,7 @@ def test_ws_message_envelope_carries_channel_data_timestamp_and_id() -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_new_subscriber_starts_at_the_head_even_with_messages_pending(kind: int) -> None:
+def test_new_subscriber_starts_at_the_head_even_with_messages_pending(kind: Kind) -> None:
     hub, _ = make_hub()
     publish(hub, "c", 1, 2)  # not flushed yet: they are before the joiner's position
     sink = Sink(kind)
@@ -120,7 +120,7 @@ def test_new_subscriber_starts_at_the_head_even_with_messages_pending(kind: int)
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_subscriber_with_since_in_history_gets_the_rest_then_live(kind: int) -> None:
+def test_subscriber_with_since_in_history_gets_the_rest_then_live(kind: Kind) -> None:
     hub, _ = make_hub()
     first, *_ = publish(hub, "c", 1, 2, 3)
     sink = Sink(kind)
@@ -133,7 +133,7 @@ def test_subscriber_with_since_in_history_gets_the_rest_then_live(kind: int) -> 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("since", ["garbage", "zzzz-1", "FUTURE", "LOST", ""])
 def test_subscriber_with_unresumable_since_gets_a_reset_to_the_head_first(
-    kind: int, since: str
+    kind: Kind, since: str
 ) -> None:
     hub, _ = make_hub(history_size=2)
     publish(hub, "c", 1, 2, 3, 4)
@@ -147,7 +147,7 @@ def test_subscriber_with_unresumable_since_gets_a_reset_to_the_head_first(
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_unsubscribed_subscriber_gets_nothing_more(kind: int) -> None:
+def test_unsubscribed_subscriber_gets_nothing_more(kind: Kind) -> None:
     hub, _ = make_hub()
     sink = Sink(kind)
     sub = hub.subscribe("c", kind, sink)
@@ -163,7 +163,7 @@ def test_unsubscribed_subscriber_gets_nothing_more(kind: int) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_paused_subscriber_gets_nothing_then_catches_up_on_resume(kind: int) -> None:
+def test_paused_subscriber_gets_nothing_then_catches_up_on_resume(kind: Kind) -> None:
     hub, _ = make_hub()
     sink = Sink(kind)
     sub = hub.subscribe("c", kind, sink)
@@ -180,7 +180,7 @@ def test_paused_subscriber_gets_nothing_then_catches_up_on_resume(kind: int) -> 
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_paused_subscriber_behind_tail_gets_reset(kind: int) -> None:
+def test_paused_subscriber_behind_tail_gets_reset(kind: Kind) -> None:
     hub, _ = make_hub(history_size=2)
     sink = Sink(kind)
     sub = hub.subscribe("c", kind, sink)
@@ -196,8 +196,8 @@ def test_paused_subscriber_behind_tail_gets_reset(kind: int) -> None:
 
 def test_paused_subscriber_resumes_before_pending_messages_are_flushed() -> None:
     hub, _ = make_hub()
-    sink = Sink(KIND_WS)
-    sub = hub.subscribe("c", KIND_WS, sink)
+    sink = Sink(Kind.WS)
+    sub = hub.subscribe("c", Kind.WS, sink)
     hub.pause(sub)
     publish(hub, "c", 1, 2)
     hub.resume(sub)  # flushes the channel first, so nothing is written twice
@@ -207,8 +207,8 @@ def test_paused_subscriber_resumes_before_pending_messages_are_flushed() -> None
 
 def test_catch_up_is_written_in_pieces_of_catch_up_chunk_bytes() -> None:
     hub, _ = make_hub(history_size=50, catch_up_chunk_bytes=300)
-    sink = Sink(KIND_SSE)
-    sub = hub.subscribe("c", KIND_SSE, sink)
+    sink = Sink(Kind.SSE)
+    sub = hub.subscribe("c", Kind.SSE, sink)
     hub.pause(sub)
     publish(hub, "c", *range(20))
     hub.flush()
@@ -220,8 +220,8 @@ def test_catch_up_is_written_in_pieces_of_catch_up_chunk_bytes() -> None:
 
 def test_message_bigger_than_a_catch_up_chunk_is_written_whole() -> None:
     hub, _ = make_hub(catch_up_chunk_bytes=10)
-    sink = Sink(KIND_WS)
-    sub = hub.subscribe("c", KIND_WS, sink)
+    sink = Sink(Kind.WS)
+    sub = hub.subscribe("c", Kind.WS, sink)
     hub.pause(sub)
     publish(hub, "c", 1, 2)
     hub.resume(sub)
@@ -229,7 +229,7 @@ def test_message_bigger_than_a_catch_up_chunk_is_written_whole() -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_subscriber_pausing_inside_a_catch_up_write_resumes_after_what_it_got(kind: int) -> None:
+def test_subscriber_pausing_inside_a_catch_up_write_resumes_after_what_it_got(kind: Kind) -> None:
     hub, _ = make_hub(history_size=50, catch_up_chunk_bytes=200)
     subs: list[Subscription] = []
 
@@ -254,8 +254,8 @@ def test_subscriber_pausing_inside_a_catch_up_write_resumes_after_what_it_got(ki
 def test_subscriber_pausing_inside_a_live_write_gets_each_message_once() -> None:
     hub, _ = make_hub()
     subs: list[Subscription] = []
-    sink = Sink(KIND_WS, on_write=lambda sink, new: hub.pause(subs[0]))
-    subs.append(hub.subscribe("c", KIND_WS, sink))
+    sink = Sink(Kind.WS, on_write=lambda sink, new: hub.pause(subs[0]))
+    subs.append(hub.subscribe("c", Kind.WS, sink))
     publish(hub, "c", 1, 2)
     hub.flush()
     publish(hub, "c", 3)
@@ -267,8 +267,8 @@ def test_subscriber_pausing_inside_a_live_write_gets_each_message_once() -> None
 
 def test_pause_and_resume_after_unsubscribe_change_nothing() -> None:
     hub, _ = make_hub()
-    sink = Sink(KIND_WS)
-    sub = hub.subscribe("c", KIND_WS, sink)
+    sink = Sink(Kind.WS)
+    sub = hub.subscribe("c", Kind.WS, sink)
     hub.unsubscribe(sub)
     hub.pause(sub)
     hub.resume(sub)
@@ -276,7 +276,7 @@ def test_pause_and_resume_after_unsubscribe_change_nothing() -> None:
     publish(hub, "c", 1)
     hub.flush()
     assert sink.writes == []
-    assert sub.channel.subscribers == 0 and not sub.channel.live[KIND_WS]
+    assert sub.channel.subscribers == 0 and not sub.channel.live[Kind.WS]
     assert sub.channel.idle
 
 
@@ -353,8 +353,8 @@ def test_recreated_channel_has_a_new_epoch_and_its_old_ids_get_a_reset() -> None
     publish(hub, "b", 1)  # evicts "a"
     (new_id,) = publish(hub, "a", 1)
     assert new_id != old_id and new_id.endswith("-1")
-    sink = Sink(KIND_WS)
-    hub.subscribe("a", KIND_WS, sink, since=old_id)
+    sink = Sink(Kind.WS)
+    hub.subscribe("a", Kind.WS, sink, since=old_id)
     assert ids(sink.items) == [("reset", new_id)]
     answer = hub.poll("a", old_id)
     assert isinstance(answer, PollAnswer) and answer.reset
@@ -362,12 +362,12 @@ def test_recreated_channel_has_a_new_epoch_and_its_old_ids_get_a_reset() -> None
 
 def test_hub_refuses_a_new_channel_when_every_channel_has_listeners() -> None:
     hub, _ = make_hub(max_channels=2)
-    hub.subscribe("a", KIND_WS, Sink(KIND_WS))
+    hub.subscribe("a", Kind.WS, Sink(Kind.WS))
     assert hub.poll("b", None) == 0
     hub.park("b", Waiter())
     for attempt in (
         lambda: publish(hub, "c", 1),
-        lambda: hub.subscribe("c", KIND_SSE, Sink(KIND_SSE)),
+        lambda: hub.subscribe("c", Kind.SSE, Sink(Kind.SSE)),
         lambda: hub.poll("c", None),
     ):
         with pytest.raises(HubFull):
@@ -377,7 +377,7 @@ def test_hub_refuses_a_new_channel_when_every_channel_has_listeners() -> None:
 
 def test_channel_is_evictable_again_once_its_listeners_leave() -> None:
     hub, _ = make_hub(max_channels=1)
-    sub = hub.subscribe("a", KIND_WS, Sink(KIND_WS))
+    sub = hub.subscribe("a", Kind.WS, Sink(Kind.WS))
     with pytest.raises(HubFull):
         publish(hub, "b", 1)
     hub.unsubscribe(sub)
@@ -398,7 +398,7 @@ def _assert_budgets(hub: Hub, config: Config) -> None:
 
 def test_history_total_bytes_forgets_idle_channels_first() -> None:
     hub, _ = make_hub(history_total_bytes=4000, history_size=100, max_channels=10)
-    hub.subscribe("busy", KIND_WS, Sink(KIND_WS))
+    hub.subscribe("busy", Kind.WS, Sink(Kind.WS))
     publish(hub, "busy", 1, 2)
     for name in "abcdef":
         publish(hub, name, 1, 2, 3)
@@ -412,8 +412,8 @@ def test_history_total_bytes_holds_when_every_channel_has_listeners() -> None:
     hub, _ = make_hub(**config)
     paused = []
     for name in "abc":
-        sink = Sink(KIND_WS)
-        sub = hub.subscribe(name, KIND_WS, sink)
+        sink = Sink(Kind.WS)
+        sub = hub.subscribe(name, Kind.WS, sink)
         hub.pause(sub)
         paused.append((sub, sink))
         for n in range(3):  # each message costs about 2.4 kB of history

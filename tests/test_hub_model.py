@@ -33,7 +33,7 @@ from hypothesis.stateful import (
 from support import QUIET_PATCH_WRITER, STATEFUL, Item, Sink
 
 from rawrt.config import Config
-from rawrt.hub import KIND_SSE, KIND_WS, Channel, Hub, HubFull, PollAnswer, Subscription
+from rawrt.hub import Channel, Hub, HubFull, Kind, PollAnswer, Subscription
 from rawrt.wire.envelope import canonical_json
 from rawrt.wire.ids import format_id, parse_id
 
@@ -206,7 +206,7 @@ class HubMachine(RuleBasedStateMachine):
 
     # --- rules ---------------------------------------------------------------------------------
 
-    @initialize(kinds=st.lists(st.sampled_from([KIND_WS, KIND_SSE]), min_size=1, max_size=2))
+    @initialize(kinds=st.lists(st.sampled_from([Kind.WS, Kind.SSE]), min_size=1, max_size=2))
     def readers_of_a(self, kinds: list[int]) -> None:
         for kind in kinds:
             self.subscribe("a", kind, "none")
@@ -246,10 +246,10 @@ class HubMachine(RuleBasedStateMachine):
 
     @rule(
         name=CHANNEL_NAMES,
-        kind=st.sampled_from([KIND_WS, KIND_SSE]),
+        kind=st.sampled_from([Kind.WS, Kind.SSE]),
         since_choice=st.sampled_from(SINCE),
     )
-    def subscribe(self, name: str, kind: int, since_choice: str) -> None:
+    def subscribe(self, name: str, kind: Kind, since_choice: str) -> None:
         since = self._since(name, since_choice)
         life = self.lives.get(name)
         if since is None:

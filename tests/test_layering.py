@@ -87,3 +87,56 @@ def test_the_checker_sees_every_import_form() -> None:
     assert {"rawrt.wire.http", "__import__"} <= found
     assert _reaches("rawrt.server", EDGE) and _reaches("asyncio.events", FORBIDDEN)
     assert not _reaches("timeit", FORBIDDEN)
+
+
+# --- the I/O edge: connection, routes and transports see the server only through rawrt.edge ---
+
+ALL = sorted(PACKAGE.rglob("*.py"))
+HOSTED = sorted(
+    [
+        PACKAGE / "edge.py",
+        PACKAGE / "connection.py",
+        PACKAGE / "routes.py",
+        *(PACKAGE / "transports").glob("*.py"),
+    ]
+)
+
+
+def _edge_imports(path: Path) -> set[str]:
+    return {m for m in _imports(path.read_text(), _module_name(path)) if _reaches(m, {"rawrt"})}
+
+
+@pytest.mark.parametrize("path", HOSTED, ids=_module_name)
+def test_edge_module_never_imports_the_server(path: Path) -> None:
+    """Not even under TYPE_CHECKING (ast sees those imports too): a host Protocol instead.
+    The package root counts as the server: it imports rawrt.server."""
+    imports = _edge_imports(path)
+    assert not {m for m in imports if m == "rawrt" or _reaches(m, {"rawrt.server"})}
+
+
+@pytest.mark.parametrize("path", ALL, ids=_module_name)
+def test_only_routes_names_the_transports(path: Path) -> None:
+    if _module_name(path) == "rawrt.routes":
+        return
+    imports = _edge_imports(path)
+    assert not {m for m in imports if m.startswith("rawrt.transports.")}
+
+
+def test_the_http_driver_knows_no_router_or_transport() -> None:
+    imports = _edge_imports(PACKAGE / "connection.py")
+    assert not {m for m in imports if _reaches(m, {"rawrt.routes", "rawrt.transports"})}
+    assert "rawrt.edge" in imports
+
+
+def test_the_host_protocols_import_nothing_of_the_edge() -> None:
+    imports = _edge_imports(PACKAGE / "edge.py")
+    assert not {m for m in imports if _reaches(m, EDGE)}
+
+
+def test_the_edge_checks_see_what_they_look_for() -> None:
+    names = {_module_name(p) for p in HOSTED}
+    transports = {"rawrt.transports.websocket", "rawrt.transports.sse", "rawrt.transports.longpoll"}
+    assert transports <= names
+    assert any(m.startswith("rawrt.transports.") for m in _edge_imports(PACKAGE / "routes.py"))
+    source = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from rawrt.server import S\n"
+    assert "rawrt.server" in _imports(source, "rawrt.transports.sse")

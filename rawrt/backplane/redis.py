@@ -43,8 +43,8 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from rawrt.config import Config
-from rawrt.errors import BackplaneUnavailable
-from rawrt.hub import Entry, Hub, HubFull
+from rawrt.errors import BackplaneUnavailable, HubFull
+from rawrt.hub import Entry, Hub
 from rawrt.wire.ids import format_id, to_base36
 
 __all__ = ["RedisBackplane"]

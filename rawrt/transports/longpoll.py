@@ -13,25 +13,20 @@ answered, a kept-alive connection goes back to a fresh `HttpConnection`.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
 
 from rawrt.connection import HttpConnection
+from rawrt.edge import CorsHeaders, PollHost
 from rawrt.hub import PollAnswer
 from rawrt.wire import http
-
-if TYPE_CHECKING:
-    from rawrt.server import Server
 
 __all__ = ["ParkedPoll", "poll_response"]
 
 
-def poll_response(server: Server, answer: PollAnswer, keep_alive: bool) -> bytes:
+def poll_response(cors: CorsHeaders, answer: PollAnswer, keep_alive: bool) -> bytes:
     """The response to a poll, built once per answer and connection kind."""
     reply = answer.encoded.get(keep_alive)
     if reply is None:
-        reply = http.response(
-            200, answer.body(), headers=server.cors_headers, keep_alive=keep_alive
-        )
+        reply = http.response(200, answer.body(), headers=cors, keep_alive=keep_alive)
         answer.encoded[keep_alive] = reply
     return reply
 
@@ -42,17 +37,17 @@ class ParkedPoll(asyncio.Protocol):
     __slots__ = (
         "_channel",
         "_cursor",
+        "_host",
         "_keep_alive",
         "_pending",
-        "_server",
         "_timer",
         "_transport",
     )
 
     def __init__(
-        self, server: Server, transport: asyncio.Transport, channel: str, keep_alive: bool
+        self, host: PollHost, transport: asyncio.Transport, channel: str, keep_alive: bool
     ) -> None:
-        self._server = server
+        self._host = host
         self._transport: asyncio.Transport | None = transport
         self._channel = channel
         self._keep_alive = keep_alive
@@ -64,9 +59,9 @@ class ParkedPoll(asyncio.Protocol):
         assert self._transport is not None
         self._pending = pending
         self._transport.set_protocol(self)
-        self._server.register(self)
-        self._cursor = self._server.hub.head_id(self._channel)
-        self._server.hub.park(self._channel, self)
+        self._host.register(self)
+        self._cursor = self._host.hub.head_id(self._channel)
+        self._host.hub.park(self._channel, self)
         self._timer = asyncio.get_running_loop().call_later(timeout_s, self._expire)
 
     def wake(self, answer: PollAnswer) -> None:
@@ -75,7 +70,7 @@ class ParkedPoll(asyncio.Protocol):
 
     def _expire(self) -> None:
         self._timer = None
-        self._server.hub.unpark(self._channel, self)
+        self._host.hub.unpark(self._channel, self)
         self._answer(PollAnswer([], self._cursor))
 
     def _answer(self, answer: PollAnswer) -> None:
@@ -83,16 +78,16 @@ class ParkedPoll(asyncio.Protocol):
         if transport is None:
             return
         self._cancel_timer()
-        self._server.forget(self)
-        transport.write(poll_response(self._server, answer, self._keep_alive))
-        if self._keep_alive and not self._server.stopping:
-            HttpConnection(self._server).adopt(transport, self._pending)
+        self._host.forget(self)
+        transport.write(poll_response(self._host.cors_headers, answer, self._keep_alive))
+        if self._keep_alive and not self._host.stopping:
+            HttpConnection(self._host).adopt(transport, self._pending)
         else:
             transport.close()
 
     def data_received(self, data: bytes) -> None:
         self._pending += data
-        if len(self._pending) > self._server.config.max_pending_input_bytes:
+        if len(self._pending) > self._host.config.max_pending_input_bytes:
             self._drop()
 
     def eof_received(self) -> bool | None:
@@ -104,7 +99,7 @@ class ParkedPoll(asyncio.Protocol):
     def shutdown(self) -> None:
         """Server stop: answer now, with nothing new, and close."""
         self._keep_alive = False
-        self._server.hub.unpark(self._channel, self)
+        self._host.hub.unpark(self._channel, self)
         self._answer(PollAnswer([], self._cursor))
 
     def abort(self) -> None:
@@ -115,11 +110,11 @@ class ParkedPoll(asyncio.Protocol):
 
     def _drop(self) -> None:
         self._cancel_timer()
-        self._server.hub.unpark(self._channel, self)
+        self._host.hub.unpark(self._channel, self)
         if self._transport is not None:
             self._transport.close()
             self._transport = None
-            self._server.forget(self)
+            self._host.forget(self)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:

@@ -20,13 +20,10 @@ connection before any message still reconnects with a Last-Event-ID, and misses 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
 
-from rawrt.hub import KIND_SSE, Subscription
+from rawrt.edge import StreamHost
+from rawrt.hub import Kind, Subscription
 from rawrt.wire import http, sse
-
-if TYPE_CHECKING:
-    from rawrt.server import Server
 
 __all__ = ["EventStream"]
 
@@ -64,10 +61,10 @@ _UNAVAILABLE_RETRY_MS = 2000
 class EventStream(asyncio.Protocol):
     """An open text/event-stream response subscribed to one channel."""
 
-    __slots__ = ("_input_bytes", "_server", "_sub", "_transport")
+    __slots__ = ("_host", "_input_bytes", "_sub", "_transport")
 
-    def __init__(self, server: Server, transport: asyncio.Transport) -> None:
-        self._server = server
+    def __init__(self, host: StreamHost, transport: asyncio.Transport) -> None:
+        self._host = host
         self._transport: asyncio.Transport | None = transport
         self._sub: Subscription | None = None
         self._input_bytes = 0
@@ -76,16 +73,16 @@ class EventStream(asyncio.Protocol):
         """Write the head and first events, then join the channel (replaying if resuming)."""
         transport = self._transport
         assert transport is not None
-        hub, config = self._server.hub, self._server.config
+        hub, config = self._host.hub, self._host.config
         first_id = None if last_event_id is not None else hub.head_id(channel)
         transport.set_protocol(self)
-        self._server.register(self)
+        self._host.register_stream(self)
         transport.write(
-            stream_head(self._server.cors_headers)
+            stream_head(self._host.cors_headers)
             + sse.retry(config.sse_retry_ms)
             + sse.event(_CONNECTED, first_id)
         )
-        self._sub = hub.subscribe(channel, KIND_SSE, transport.write, last_event_id, start=False)
+        self._sub = hub.subscribe(channel, Kind.SSE, transport.write, last_event_id, start=False)
         hub.resume(self._sub)  # replay only now: a full socket can pause a known subscription
 
     def heartbeat(self) -> None:
@@ -96,7 +93,7 @@ class EventStream(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         # A client has nothing to send on an event stream; tolerate a little, then hang up.
         self._input_bytes += len(data)
-        if self._input_bytes > self._server.config.max_pending_input_bytes:
+        if self._input_bytes > self._host.config.max_pending_input_bytes:
             self.shutdown()
 
     def eof_received(self) -> bool | None:
@@ -104,16 +101,16 @@ class EventStream(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         if self._sub is not None:
-            self._server.hub.pause(self._sub)
+            self._host.hub.pause(self._sub)
 
     def resume_writing(self) -> None:
         if self._sub is not None:
-            self._server.hub.resume(self._sub)
+            self._host.hub.resume(self._sub)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._release()
         self._transport = None
-        self._server.forget(self)
+        self._host.forget(self)
 
     def shutdown(self) -> None:
         """End the stream; EventSource reconnects after `retry` with its Last-Event-ID."""
@@ -128,5 +125,5 @@ class EventStream(asyncio.Protocol):
 
     def _release(self) -> None:
         if self._sub is not None:
-            self._server.hub.unsubscribe(self._sub)
+            self._host.hub.unsubscribe(self._sub)
             self._sub = None

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
 
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import (
@@ -31,12 +30,10 @@ from wsproto.events import (
     TextMessage,
 )
 
-from rawrt.errors import BackplaneUnavailable, BadMessage, WebSocketClose
-from rawrt.hub import KIND_WS, HubFull, NotAttached, Subscription
+from rawrt.edge import SocketHost
+from rawrt.errors import BackplaneUnavailable, BadMessage, HubFull, NotAttached, WebSocketClose
+from rawrt.hub import Kind, Subscription
 from rawrt.wire import envelope, wsframe
-
-if TYPE_CHECKING:
-    from rawrt.server import Server
 
 __all__ = ["ChannelSocket", "EchoSocket", "WebSocketSession"]
 
@@ -77,23 +74,23 @@ class WebSocketSession(asyncio.Protocol):
 
     __slots__ = (
         "_closing",
+        "_host",
         "_parser",
         "_parts",
         "_parts_bytes",
         "_ping_due",
         "_pong_due",
-        "_server",
         "_transport",
         "_write_paused",
     )
 
-    def __init__(self, server: Server, transport: asyncio.Transport) -> None:
-        self._server = server
+    def __init__(self, host: SocketHost, transport: asyncio.Transport) -> None:
+        self._host = host
         self._transport: asyncio.Transport | None = transport
         self._parser: Connection | None = None
         self._parts: list[str | bytes] | None = None  # fragments of a message in progress
         self._parts_bytes = 0
-        self._ping_due = server.clock() + server.config.ping_interval_s
+        self._ping_due = host.clock() + host.config.ping_interval_s
         self._pong_due: float | None = None
         self._closing = False
         self._write_paused = False
@@ -102,7 +99,7 @@ class WebSocketSession(asyncio.Protocol):
         """Called once the 101 response is written; `pending` came in with the upgrade."""
         assert self._transport is not None
         self._transport.set_protocol(self)
-        self._server.register(self)
+        self._host.register_socket(self)
         if pending:
             self.data_received(pending)
 
@@ -144,7 +141,7 @@ class WebSocketSession(asyncio.Protocol):
 
     def _on_fragment(self, data: str | bytes, finished: bool) -> None:
         size = self._parts_bytes + _wire_size(data)
-        if size > self._server.config.max_message_bytes:
+        if size > self._host.config.max_message_bytes:
             raise WebSocketClose(TOO_BIG, "message too big")
         if finished and self._parts is None:
             self.on_message(data)
@@ -213,7 +210,7 @@ class WebSocketSession(asyncio.Protocol):
             log.info("terminating a WebSocket peer that did not answer a ping")
             self.terminate()
         elif now >= self._ping_due:
-            config = self._server.config
+            config = self._host.config
             self._ping_due = now + config.ping_interval_s
             if self._pong_due is None:
                 self._pong_due = now + config.ping_timeout_s
@@ -233,7 +230,7 @@ class WebSocketSession(asyncio.Protocol):
         self.release()
         self._transport = None
         self._parser = None
-        self._server.forget(self)
+        self._host.forget(self)
 
     def shutdown(self) -> None:
         self.close(GOING_AWAY, "server shutting down")
@@ -244,8 +241,8 @@ class ChannelSocket(WebSocketSession):
 
     __slots__ = ("_held", "_subs")
 
-    def __init__(self, server: Server, transport: asyncio.Transport) -> None:
-        super().__init__(server, transport)
+    def __init__(self, host: SocketHost, transport: asyncio.Transport) -> None:
+        super().__init__(host, transport)
         self._subs: dict[str, Subscription] = {}
         # Messages that arrived while a subscribe waits for the backplane to attach its
         # channel; they are handled after it, in order. Reading is paused meanwhile, so this
@@ -262,7 +259,7 @@ class ChannelSocket(WebSocketSession):
         try:
             if not isinstance(data, str):
                 raise BadMessage("binary frames are not part of the protocol; send JSON text")
-            command = envelope.parse_client_message(data, self._server.config.max_channel_bytes)
+            command = envelope.parse_client_message(data, self._host.config.max_channel_bytes)
             self._handle(command)
         except BadMessage as exc:
             self.send_text(envelope.error(exc.reason))
@@ -275,29 +272,29 @@ class ChannelSocket(WebSocketSession):
         elif isinstance(command, envelope.Unsubscribe):
             self._unsubscribe(command.channel)
         elif isinstance(command, envelope.Publish):
-            result = self._server.publish_json(command.channel, command.data)
+            result = self._host.publish_json(command.channel, command.data)
             if not isinstance(result, str):
                 result.add_done_callback(self._published)
         else:
             self.send_text(envelope.pong(int(time.time() * 1000)))
 
     def _subscribe(self, channel: str, since: str | None) -> None:
-        hub = self._server.hub
+        hub = self._host.hub
         if channel in self._subs:
             hub.unsubscribe(self._subs.pop(channel))  # a new `since` restarts the replay
-        elif len(self._subs) >= self._server.config.max_subscriptions:
-            raise BadMessage(f"at most {self._server.config.max_subscriptions} subscriptions")
-        pending = self._server.attach(channel, since)
+        elif len(self._subs) >= self._host.config.max_subscriptions:
+            raise BadMessage(f"at most {self._host.config.max_subscriptions} subscriptions")
+        pending = self._host.attach(channel, since)
         if pending is None:
             self._join(channel, since)
         else:
             self._hold_until(pending, channel, since)
 
     def _join(self, channel: str, since: str | None) -> None:
-        hub = self._server.hub
+        hub = self._host.hub
         self.send_text(envelope.subscribed(channel, hub.head_id(channel)))
         assert self._transport is not None
-        sub = hub.subscribe(channel, KIND_WS, self._transport.write, since, start=False)
+        sub = hub.subscribe(channel, Kind.WS, self._transport.write, since, start=False)
         self._subs[channel] = sub  # known before the replay, so a full socket can pause it
         if not self._write_paused:
             hub.resume(sub)
@@ -335,18 +332,18 @@ class ChannelSocket(WebSocketSession):
     def _unsubscribe(self, channel: str) -> None:
         sub = self._subs.pop(channel, None)
         if sub is not None:
-            self._server.hub.unsubscribe(sub)
+            self._host.hub.unsubscribe(sub)
         self.send_text(envelope.unsubscribed(channel))
 
     def release(self) -> None:
         subs, self._subs = self._subs, {}
         for sub in subs.values():
-            self._server.hub.unsubscribe(sub)
+            self._host.hub.unsubscribe(sub)
 
     def pause_writing(self) -> None:
         super().pause_writing()
         for sub in self._subs.values():
-            self._server.hub.pause(sub)
+            self._host.hub.pause(sub)
 
     def resume_writing(self) -> None:
         super().resume_writing()
@@ -355,7 +352,7 @@ class ChannelSocket(WebSocketSession):
         for sub in list(self._subs.values()):
             if self._write_paused:
                 break  # a catch-up write filled the socket again
-            self._server.hub.resume(sub)
+            self._host.hub.resume(sub)
 
 
 class EchoSocket(WebSocketSession):

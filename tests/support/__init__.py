@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, settings
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import TextMessage
 
-from rawrt.hub import KIND_SSE, KIND_WS
+from rawrt.hub import Kind
 from rawrt.wire.envelope import canonical_json
 
 from .sse_parser import Event, SseParser
@@ -63,13 +63,13 @@ class Sink:
     inside a write, as a transport's `pause_writing()` does when its buffer fills.
     """
 
-    def __init__(self, kind: int, on_write: Callable[[Sink, list[Item]], None] | None = None):
+    def __init__(self, kind: Kind, on_write: Callable[[Sink, list[Item]], None] | None = None):
         self.kind = kind
         self.writes: list[bytes] = []
         self.items: list[Item] = []
         self.on_write = on_write
-        self._ws = Connection(ConnectionType.CLIENT) if kind == KIND_WS else None
-        self._sse = SseParser() if kind == KIND_SSE else None
+        self._ws = Connection(ConnectionType.CLIENT) if kind == Kind.WS else None
+        self._sse = SseParser() if kind == Kind.SSE else None
 
     def __call__(self, data: bytes) -> None:
         self.writes.append(data)

@@ -1,0 +1,187 @@
+"""What the I/O edge needs from its host, named as `typing.Protocol`s.
+
+Theory of operation
+-------------------
+The HTTP driver (rawrt.connection), the router (rawrt.routes) and the transports
+(rawrt.transports) never see `Server`. Each depends on the protocol here that names exactly
+the members it uses, so an import never runs upward from the edge to the server, a transport
+cannot reach what it was not given, and a test can drive any of them with a fake host of a
+few lines. `Server` implements every protocol; mypy checks that where the server hands itself
+to the router and to each `HttpConnection`.
+
+    HttpHost      the HTTP driver: config, stopping, CORS headers, the router, the registry
+    SocketHost    a WebSocket: config, clock, hub, attach, publish, the registry
+    StreamHost    an event stream: config, hub, CORS headers, the registry
+    PollHost      a parked long poll: the hub, and an HttpHost to hand a kept-alive socket back
+    RouterHost    the router: all of the above (it starts every transport) and readiness
+
+The registry side is `Session` (what shutdown needs of any open connection), with
+`PingedSession` and `StreamSession` for the two kinds the server's sweep visits.
+
+A protocol is only typing: reading `host.hub` costs what reading `server.hub` did.
+
+The module also holds the few types the driver and the router exchange (`Request`, `Reply`,
+`Exchange`, `Handler`), so that neither imports the other's module to name them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from rawrt.config import Config
+from rawrt.hub import Hub
+
+__all__ = [
+    "AnyReply",
+    "CorsHeaders",
+    "Exchange",
+    "Handler",
+    "HttpHost",
+    "PingedSession",
+    "PollHost",
+    "Reply",
+    "Request",
+    "RequestHeaders",
+    "Resolver",
+    "RouterHost",
+    "Session",
+    "SocketHost",
+    "StreamHost",
+    "StreamSession",
+]
+
+RequestHeaders = list[tuple[bytes, bytes]]  # (lower-cased name, value), as h11 gives them
+CorsHeaders = tuple[tuple[str, str], ...]  # added to every answer; empty without cors_origin
+
+# What a route handler gives back: response bytes, or None once it has taken the socket over;
+# a handler that must wait for a backplane returns an awaitable of either.
+Reply = bytes | None
+AnyReply = Reply | Awaitable[Reply]
+
+
+@dataclass(slots=True)
+class Request:
+    """A complete request, as routes see it."""
+
+    method: bytes
+    target: bytes
+    http_version: bytes
+    headers: RequestHeaders
+    path: list[str]  # decoded segments, e.g. ["api", "poll", "news"]
+    query: dict[str, str]
+    body: bytes
+    keep_alive: bool
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+class Exchange(Protocol):
+    """The HTTP connection a request came on, as a route handler sees it."""
+
+    def take_over(self) -> tuple[asyncio.Transport, bytes]:
+        """Hand the socket to another protocol: returns it and the bytes already read."""
+        ...
+
+
+Handler = Callable[[Request, Exchange, str], AnyReply]
+
+
+class Resolver(Protocol):
+    def resolve(self, request: Request) -> tuple[Handler, str]:
+        """The handler for `request` and the channel named in its path ("" if none)."""
+        ...
+
+
+# --- the registry of open connections ---------------------------------------------------------
+
+
+class Session(Protocol):
+    """An open connection as the registry holds it: what stopping the server needs."""
+
+    def shutdown(self) -> None:
+        """Say goodbye (close when idle, after the answer when busy)."""
+        ...
+
+    def abort(self) -> None:
+        """Cut the connection now: the shutdown timeout has passed."""
+        ...
+
+
+class PingedSession(Session, Protocol):
+    """A WebSocket: the sweep pings it and drops it when its pong is late."""
+
+    def check_liveness(self, now: float) -> None: ...
+
+
+class StreamSession(Session, Protocol):
+    """An event stream: the sweep writes its heartbeats."""
+
+    def heartbeat(self) -> None: ...
+
+
+# --- hosts -------------------------------------------------------------------------------------
+
+
+class HttpHost(Protocol):
+    @property
+    def config(self) -> Config: ...
+    @property
+    def stopping(self) -> bool: ...
+    @property
+    def cors_headers(self) -> CorsHeaders: ...
+    @property
+    def router(self) -> Resolver: ...
+    def admit(self, conn: Session) -> bool:
+        """Register a new connection, unless the server is full or stopping."""
+        ...
+
+    def register(self, conn: Session) -> None: ...
+    def forget(self, conn: Session) -> None: ...
+
+
+class SocketHost(Protocol):
+    @property
+    def config(self) -> Config: ...
+    @property
+    def hub(self) -> Hub: ...
+    def clock(self) -> float:
+        """The loop's monotonic time, which every deadline uses."""
+        ...
+
+    def attach(self, channel: str, since: str | None = None) -> asyncio.Future[None] | None:
+        """None when `channel` (up to `since`) is usable in the hub now, else a future."""
+        ...
+
+    def publish_json(self, channel: str, data_json: str) -> str | asyncio.Future[str]: ...
+    def register_socket(self, ws: PingedSession) -> None: ...
+    def forget(self, conn: Session) -> None: ...
+
+
+class StreamHost(Protocol):
+    @property
+    def config(self) -> Config: ...
+    @property
+    def hub(self) -> Hub: ...
+    @property
+    def cors_headers(self) -> CorsHeaders: ...
+    def register_stream(self, stream: StreamSession) -> None: ...
+    def forget(self, conn: Session) -> None: ...
+
+
+class PollHost(HttpHost, Protocol):
+    @property
+    def hub(self) -> Hub: ...
+
+
+class RouterHost(SocketHost, StreamHost, PollHost, Protocol):
+    @property
+    def ready(self) -> bool:
+        """Listening and not stopping (and, with a backplane, connected to it)."""
+        ...
