@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.clients import SseClient, request
+from support.clients import SseClient, request, ws_connect, ws_recv, ws_subscribe
 from support.redis_server import RedisServer
 from test_backplane_contract import Got, Reader, seq_of, wait_ready
 
@@ -36,6 +36,7 @@ import rawrt
 from rawrt.backplane import LocalBackplane, backplane_for
 from rawrt.backplane.redis import RedisBackplane
 from rawrt.backplane.sharded import ShardedBackplane, pick_shard
+from rawrt.cli import parse_config
 from rawrt.config import Config, ConfigError, redis_address
 
 Stack = contextlib.AsyncExitStack
@@ -141,9 +142,12 @@ def test_a_bad_redis_url_list_is_refused_with_the_reason(value: str, problem: st
         Config(redis_url=value)
 
 
-def test_several_urls_are_one_valid_setting() -> None:
-    config = Config(redis_url="redis://a:1/0,redis://b:1/0,rediss://c:2/0", workers=2)
-    assert config.redis_url == "redis://a:1/0,redis://b:1/0,rediss://c:2/0"
+def test_several_urls_are_one_setting_from_the_command_line_or_the_environment() -> None:
+    urls = "redis://a:1/0,redis://b:1/0,rediss://c:2/0"
+    assert parse_config(["--redis", urls, "--workers", "2"]).redis_url == urls
+    assert parse_config([], {"RAWRT_REDIS_URL": urls}).redis_url == urls
+    with pytest.raises(ConfigError, match="twice"):
+        parse_config(["--redis", "redis://a:1/0,redis://a:1"])
 
 
 # --- several real redis-servers -------------------------------------------------------------
@@ -312,10 +316,15 @@ async def test_one_shard_down_stops_only_its_channels_and_they_work_again_when_i
     kept = [c for c in channels if c != lost]
     readers = {c: [await Reader.open("ws", a, c, stack), await Reader.open("sse", b, c, stack)]
                for c in channels}  # fmt: skip
+    # One WebSocket subscribed to a channel on every shard.
+    multi = await stack.enter_async_context(ws_connect(a.port))
+    for channel in channels:
+        await ws_subscribe(multi, channel)
     for channel in channels:
         await a.publish(channel, {"n": 1})
         for reader in readers[channel]:
             await reader.until(1)
+        assert (await ws_recv(multi, STEP_S))["channel"] == channel
 
     await asyncio.to_thread(down.stop)
     for node in (a, b):
@@ -333,14 +342,24 @@ async def test_one_shard_down_stops_only_its_channels_and_they_work_again_when_i
         async with SseClient(node.port, f"/api/sse/subscribe/{fresh}") as sse:
             assert sse.status == 200 and await sse.read_to_end(STEP_S) == []
             assert sse.parser.reconnection_time_ms
+    # The socket following all three: a publish to the lost shard gets an error frame, and
+    # the socket goes on, with its other channels.
+    await multi.send(json.dumps({"type": "publish", "channel": lost, "data": "refused"}))
+    error = await ws_recv(multi, REFUSE_BOUND_S + 1)
+    assert error["type"] == "error" and error["data"] == "Publish failed", error
+    await multi.send(json.dumps({"type": "publish", "channel": kept[0], "data": "via ws"}))
+    echoed = await ws_recv(multi, STEP_S)
+    assert (echoed["type"], echoed["channel"], echoed["data"]) == ("message", kept[0], "via ws")
+    for reader in readers[kept[0]]:
+        assert (await reader.until(2))[-1].data == "via ws"
     # Every other channel keeps working, published on either node, read on both.
     for n, channel in enumerate(kept):
         for node in (a, b):
             status, body, _ = await publish_http(node.port, channel, {"n": f"kept-{node.port}"})
             assert status == 200 and body["published"], body
         for reader in readers[channel]:
-            got = await reader.until(3)
-            assert [g.data for g in got][1:] == [{"n": f"kept-{a.port}"}, {"n": f"kept-{b.port}"}]
+            got = await reader.until(len(reader.messages) + 2)
+            assert [g.data for g in got][-2:] == [{"n": f"kept-{a.port}"}, {"n": f"kept-{b.port}"}]
         # And a new subscriber on that shard is served at once.
         extra = on_shard(three, sharded(a).shard_for(channel), f"extra-{n}-")
         reader = await Reader.open(("poll", "sse")[n % 2], (a, b)[n % 2], extra, stack)
