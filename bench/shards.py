@@ -13,9 +13,9 @@ Then, from this process (asyncio on uvloop, raw sockets):
   is in), so many publishes are in flight at once and each node pipelines them to Redis.
 
 Measured over `--duration` seconds after a warm-up: publishes answered 200 per second, the
-503s, deliveries per second, and the CPU of every process from /proc/PID/stat: each Redis
-(share of one core, and its µs per publish), the rawrt nodes together, and this load
-client. Nothing is pinned.
+503s, deliveries per second, and the CPU of every process from /proc/PID/task/*/schedstat:
+each Redis (share of one core, idle and loaded, and the µs a publish adds), the rawrt nodes
+together, and this load client. Nothing is pinned.
 
 The section it writes goes into bench/MULTINODE.md between its own markers; the rest of that
 file is `python -m bench.multinode`'s. Every process is started here and stopped by its PID.
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -37,7 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.harness.procs import Proc, cpu_seconds, free_port, machine_busy
+from bench.harness.procs import Proc, free_port, machine_busy
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out" / "shards"
@@ -145,7 +146,7 @@ async def _publisher(
 
 async def _drive(
     ports: list[int], channels: list[str], publishers: int, warmup_s: float, duration_s: float,
-    pids: dict[str, int],
+    pids: dict[str, int], idle_s: float = 3.0,
 ) -> dict[str, Any]:  # fmt: skip
     counts = [0]
     subs = [await _subscribe(port, channel, counts) for port in ports for channel in channels]
@@ -154,6 +155,11 @@ async def _drive(
         if time.monotonic() > deadline:
             raise RuntimeError("SSE subscribers did not all connect")
         await asyncio.sleep(0.05)
+    # Redis's own work with nothing published (its timers, the nodes' pings): measured apart,
+    # so that the cost of a publish is what it adds.
+    idle_before = (_cpu(pids), time.monotonic())
+    await asyncio.sleep(idle_s)
+    idle = _shares(idle_before, (_cpu(pids), time.monotonic()))
     tally: dict[str, int] = {}
     start = time.monotonic()
     stop_at = start + warmup_s + duration_s
@@ -176,13 +182,32 @@ async def _drive(
         "publishes_per_s": ok / elapsed,
         "refused": refused,
         "deliveries_per_s": (after[1] - before[1]) / elapsed,
-        "cpu_share": {k: (after[2][k] - before[2][k]) / elapsed for k in pids},
+        "cpu_share": _shares(before[2:], after[2:]),
+        "idle_cpu_share": idle,
         "publishes": ok,
     }
 
 
 def _cpu(pids: dict[str, int]) -> dict[str, float]:
-    return {name: cpu_seconds(pid) or 0.0 for name, pid in pids.items()}
+    """Seconds on a CPU of each process, all its threads, from /proc/PID/task/*/schedstat
+    (nanoseconds; /proc/PID/stat counts in ticks of 10 ms, too coarse for an idle Redis)."""
+    return {name: _schedstat_s(pid) for name, pid in pids.items()}
+
+
+def _schedstat_s(pid: int) -> float:
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread may end between the listing and the read
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
+def _shares(
+    before: tuple[dict[str, float], float], after: tuple[dict[str, float], float]
+) -> dict[str, float]:
+    """Each process's CPU between two readings, as a share of one core."""
+    elapsed = after[1] - before[1]
+    return {name: (after[0][name] - before[0][name]) / elapsed for name in after[0]}
 
 
 def run_one(shards: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -228,24 +253,28 @@ def section(rows: dict[int, list[dict[str, Any]]], argv: Sequence[str], nodes: i
         f"`python -m bench.shards {' '.join(argv)}`; {nodes} rawrt nodes, every one given "
         "every Redis; one SSE subscriber per channel per node; publishers are keep-alive HTTP "
         "connections, one request in flight each, spread over the nodes.",
-        "- CPU is a share of one core over the measured window, from /proc/PID/stat. "
+        "- CPU is a share of one core over the measured window, from /proc/PID/task/*/schedstat; "
+        "each Redis's idle CPU (its timers and the nodes' pings, nothing published) is "
+        "measured over 3 s before the publishers start. "
         "Nothing is pinned; the machine has 2 cores, and the last column says how busy they "
         "were (with other work) in the second before the run started.",
         "",
-        "| shards | publishes/s | 503s | deliveries/s | each Redis CPU | Redis µs per publish "
-        "| rawrt nodes CPU | load client CPU | cores busy before |",
+        "| shards | publishes/s | 503s | deliveries/s | each Redis CPU, idle → loaded "
+        "| Redis µs per publish, above idle | rawrt nodes CPU | load client CPU "
+        "| cores busy before |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for shards, runs in sorted(rows.items()):
         best = max(runs, key=lambda r: r["publishes_per_s"])  # the best of the repeats
-        cpu = best["cpu_share"]
-        redis = [v for k, v in sorted(cpu.items()) if k.startswith("redis")]
+        cpu, idle = best["cpu_share"], best["idle_cpu_share"]
+        redis = sorted(k for k in cpu if k.startswith("redis"))
         node_cpu = sum(v for k, v in cpu.items() if k.startswith("node"))
-        per_publish = sum(redis) / best["publishes_per_s"] * 1e6
+        added = sum(cpu[k] - idle[k] for k in redis) / best["publishes_per_s"] * 1e6
         lines.append(
             f"| {shards} | {best['publishes_per_s']:,.0f} | {best['refused']} | "
-            f"{best['deliveries_per_s']:,.0f} | {' + '.join(f'{v:.0%}' for v in redis)} | "
-            f"{per_publish:.1f} | {node_cpu:.0%} | {cpu['client']:.0%} | "
+            f"{best['deliveries_per_s']:,.0f} | "
+            f"{', '.join(f'{idle[k]:.1%} → {cpu[k]:.1%}' for k in redis)} | {added:.1f} | "
+            f"{node_cpu:.0%} | {cpu['client']:.0%} | "
             f"{' + '.join(f'{v:.0%}' for v in best['machine_busy_before'])} |"
         )
     lines += ["", END]
