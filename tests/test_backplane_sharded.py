@@ -414,3 +414,39 @@ async def test_readyz_waits_for_every_shard_at_start_then_fails_only_without_any
     await wait_ready(quick)
     assert time.monotonic() - began < 5.0
     assert all(sharded(quick).shard_states().values())
+
+
+@pytest.mark.redis
+async def test_a_channel_the_hub_evicts_is_unsubscribed_on_its_own_shard(
+    shard_servers: list[RedisServer], start_server: StartServer
+) -> None:
+    three = shard_servers[:3]
+    # Three channel slots and a long linger: only eviction can end a subscription here.
+    node = await start_server(redis_url=urls_of(three), max_channels=3, redis_linger_s=600)
+    await wait_ready(node)
+    admins = {redis_address(s.url): s.client(decode_responses=True) for s in three}
+
+    def subscribers(channel: str) -> dict[str, int]:
+        topic = f"rawrt:m:{channel}"
+        return {shard: dict(admin.pubsub_numsub(topic))[topic] for shard, admin in admins.items()}
+
+    try:
+        names = channels_per_shard(three, 2, "evict")  # two on each shard, shard by shard
+        first, new = names[0::2], names[1::2]
+        for channel in first:  # attached, then idle: each holds a slot
+            assert (await request(node.port, "GET", f"/api/poll/{channel}?timeout=0")).status == 200
+        for channel in first:
+            shard = sharded(node).shard_for(channel)
+            assert subscribers(channel) == {s: int(s == shard) for s in admins}, channel
+        for channel in new:  # each takes the slot of the oldest idle channel
+            assert (await request(node.port, "GET", f"/api/poll/{channel}?timeout=0")).status == 200
+        for channel in first:
+            await eventually(
+                lambda c=channel: not any(subscribers(c).values()), STEP_S, f"{channel} dropped"
+            )
+        for channel in new:
+            shard = sharded(node).shard_for(channel)
+            assert subscribers(channel) == {s: int(s == shard) for s in admins}, channel
+    finally:
+        for admin in admins.values():
+            admin.close()
