@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench import shards
 from bench.harness import loadgen
 from bench.harness.procs import Proc, free_port
 
@@ -236,7 +237,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = run(subs, msgs, args.repeats)
     (OUT / "raw.json").write_text(json.dumps(results, indent=1))
     text = report(results, given)
-    args.out.write_text(text)
+    # Keep the section python -m bench.shards wrote into the same file.
+    old = args.out.read_text() if args.out.exists() else ""
+    if shards.BEGIN in old and shards.END in old:
+        text += "\n" + old[old.index(shards.BEGIN) : old.index(shards.END) + len(shards.END)]
+    args.out.write_text(text + "\n")
     print(text)
     return 0
 

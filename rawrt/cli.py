@@ -35,7 +35,8 @@ HELP = {
     "max_message_bytes": "largest WebSocket message; larger ones close with 1009",
     "max_body_bytes": "largest HTTP request body; larger ones get 413",
     "echo_path": "serve a WebSocket echo endpoint here (for Autobahn); off by default",
-    "redis_url": "redis://HOST:PORT/DB: share channels with other nodes through Redis",
+    "redis_url": "redis://HOST:PORT/DB: share channels with other nodes through Redis; "
+    "several URLs, comma separated, spread the channels over several Redis (shards)",
     "workers": "processes sharing the port (needs --redis)",
 }
 # Short option names users expect; the long forms stay valid.

@@ -7,11 +7,12 @@ bound that is named here, so an operator can read this file and know the worst c
 from __future__ import annotations
 
 import dataclasses
+import urllib.parse
 from dataclasses import dataclass
 
 from rawrt.errors import ConfigError
 
-__all__ = ["Config", "ConfigError"]
+__all__ = ["Config", "ConfigError", "redis_address", "redis_urls"]
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -89,6 +90,8 @@ class Config:
 
     # --- scale-out ---------------------------------------------------------------------------
     # redis://host:port/db for the shared backplane; None keeps everything in this process.
+    # Several URLs, comma separated, are independent Redis servers, each a shard holding its
+    # share of the channels (rawrt.backplane.sharded); every node must list the same servers.
     redis_url: str | None = None
     # Processes sharing the port with SO_REUSEPORT; more than one requires redis_url.
     workers: int = 1
@@ -168,4 +171,54 @@ def _problems(c: Config) -> list[str]:
         found.append("echo_path must start with '/'")
     if c.workers > 1 and not c.redis_url:
         found.append("workers > 1 needs redis_url: processes share channels through Redis")
+    if c.redis_url:  # "" (an empty environment variable) means no Redis, as None does
+        found += _redis_url_problems(c.redis_url)
+    return found
+
+
+def redis_urls(text: str) -> list[str]:
+    """The URLs of a comma-separated redis_url, in the order given."""
+    return [url.strip() for url in text.split(",")]
+
+
+def redis_address(url: str) -> str:
+    """The Redis server a URL names, `host:port/db` (a socket path for unix://).
+
+    Credentials, TLS and options are left out: changing a password or turning TLS on does
+    not make it another server, so it must not move channels between shards (the address
+    is what their hash is computed from). Raises ValueError on a URL that names no server.
+    """
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qs(parts.query)
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ValueError("a unix:// URL needs a socket path")
+        return f"unix:{parts.path}/{_db(query.get('db', ['0'])[0])}"
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError("the scheme must be redis://, rediss:// or unix://")
+    if not parts.hostname:
+        raise ValueError("no host")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    db = parts.path.strip("/") or query.get("db", ["0"])[0]
+    return f"{host}:{parts.port or 6379}/{_db(db)}"
+
+
+def _db(text: str) -> int:
+    if not text.isdigit():
+        raise ValueError(f"the database must be a number, not {text!r}")
+    return int(text)
+
+
+def _redis_url_problems(text: str) -> list[str]:
+    found: list[str] = []
+    addresses: set[str] = set()
+    for url in redis_urls(text):
+        try:
+            address = redis_address(url)
+        except ValueError as exc:  # also a port out of range or a db that is not a number
+            found.append(f"redis_url {url!r} is not a Redis URL: {exc}")
+            continue
+        if address in addresses:
+            found.append(f"redis_url lists the Redis at {address} twice")
+        addresses.add(address)
     return found

@@ -22,7 +22,7 @@ import logging
 import secrets
 import time
 
-from rawrt.backplane import Backplane, LocalBackplane
+from rawrt.backplane import Backplane, backplane_for
 from rawrt.config import Config
 from rawrt.connection import HttpConnection
 from rawrt.edge import PingedSession, Session, StreamSession
@@ -231,8 +231,4 @@ class Server:
 
 
 def _backplane_for(config: Config) -> Backplane:
-    if not config.redis_url:
-        return LocalBackplane()
-    from rawrt.backplane.redis import RedisBackplane  # redis is an optional dependency
-
-    return RedisBackplane(config)
+    return backplane_for(config)

@@ -11,6 +11,10 @@ A `Backplane` sits between the server and the hub:
   a future to wait on.
 - `ready` says whether publishing can work now (`/readyz`).
 
+`backplane_for(config)` builds the one a Config asks for: `LocalBackplane` without Redis, a
+`RedisBackplane` for one Redis URL, and for several a `ShardedBackplane`
+(`rawrt.backplane.sharded`) that spreads channels over one `RedisBackplane` per Redis.
+
 Only `rawrt.backplane.redis` imports redis, and only when a Redis URL is configured.
 """
 
@@ -19,10 +23,12 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Protocol
 
+from rawrt.config import Config, redis_address, redis_urls
+
 if TYPE_CHECKING:
     from rawrt.hub import Hub
 
-__all__ = ["Backplane", "LocalBackplane"]
+__all__ = ["Backplane", "LocalBackplane", "backplane_for"]
 
 
 class Backplane(Protocol):
@@ -87,3 +93,23 @@ class LocalBackplane:
 
     def sweep(self, now: float) -> None:
         pass
+
+
+def backplane_for(config: Config) -> Backplane:
+    """The backplane `config` asks for: in this process, one Redis, or several as shards."""
+    if not config.redis_url:
+        return LocalBackplane()
+    # Imported here: redis is an optional dependency, needed only with a Redis URL.
+    from rawrt.backplane.redis import RedisBackplane
+
+    urls = redis_urls(config.redis_url)
+    if len(urls) == 1:
+        return RedisBackplane(config, url=urls[0])
+    from rawrt.backplane.sharded import ShardedBackplane
+
+    shards: dict[str, Backplane] = {
+        redis_address(url): RedisBackplane(config, url=url) for url in urls
+    }
+    # A shard's first connection attempt (connect, then SUBSCRIBE) is over within twice the
+    # Redis timeout: by then a node has reached every shard it can.
+    return ShardedBackplane(shards, settle_s=2 * config.redis_timeout_s)

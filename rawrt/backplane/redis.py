@@ -116,12 +116,13 @@ class _Attachment:
 class RedisBackplane:
     assigns_ids_locally = False
 
-    def __init__(self, config: Config) -> None:
-        assert config.redis_url
+    def __init__(self, config: Config, *, url: str | None = None) -> None:
+        url = url or config.redis_url
+        assert url
         self._config = config
         self._prefix = config.redis_prefix
         self._client = aioredis.Redis.from_url(
-            config.redis_url,
+            url,
             socket_timeout=config.redis_timeout_s,
             socket_connect_timeout=config.redis_timeout_s,
             # One retry, at once: enough to replace a pooled connection a Redis restart left
