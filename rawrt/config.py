@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from rawrt import access
 from rawrt.errors import ConfigError
 
 __all__ = ["Config", "ConfigError", "redis_address", "redis_urls"]
@@ -30,6 +31,27 @@ class Config:
     echo_path: str | None = None
     # Access-Control-Allow-Origin for the HTTP routes; empty string sends no CORS headers.
     cors_origin: str = "*"
+
+    # --- access control (rawrt.access; all off by default: an open development server) ------
+    # Keys that may publish over HTTP (`Authorization: Bearer K` or `X-API-Key: K`), comma-
+    # separated so that a key can be rotated without downtime: add the new, then drop the old.
+    # Credentials stay out of repr(), so no log line or traceback shows them.
+    publish_key: str = field(default="", repr=False)
+    # HS256 secret that signs subscriber and publisher tokens (JWT); at least 32 bytes.
+    jwt_secret: str = field(default="", repr=False)
+    # Path of a PEM public key (RSA: RS256, P-256: ES256) that verifies tokens; read at start.
+    jwt_public_key: str = ""
+    # When set, a token's `aud` must name this audience and its `iss` this issuer.
+    jwt_audience: str = ""
+    jwt_issuer: str = ""
+    # Seconds of clock skew allowed on a token's exp, nbf and iat.
+    jwt_leeway_s: float = 30.0
+    # Channel patterns (`news`, `public:*`) anyone may subscribe to without a token.
+    public_channels: str = ""
+    # Web origins whose pages may open a WebSocket and read CORS answers: `*` for any page
+    # (no credentials), a comma-separated list (`https://*.example.com` for subdomains), or
+    # empty for none. Tokens need a list: a browser sends the token cookie from any page.
+    allowed_origins: str = "*"
 
     # --- channels and history ----------------------------------------------------------------
     # Messages kept per channel for resume (SSE Last-Event-ID, poll cursors, WS "since").
@@ -173,6 +195,7 @@ def _problems(c: Config) -> list[str]:
         found.append("workers > 1 needs redis_url: processes share channels through Redis")
     if c.redis_url:  # "" (an empty environment variable) means no Redis, as None does
         found += _redis_url_problems(c.redis_url)
+    found.extend(access.config_problems(c))
     return found
 
 
