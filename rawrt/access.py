@@ -174,6 +174,7 @@ class AccessPolicy:
             audience=config.jwt_audience,
             issuer=config.jwt_issuer,
             leeway_s=config.jwt_leeway_s,
+            memo_size=config.jwt_patterns_memo,
         )
         self._public = Patterns.parse(split_list(config.public_channels))
         self._origins = Origins.parse(config.allowed_origins)
@@ -367,6 +368,8 @@ def config_problems(c: Config) -> list[str]:
         found.append("jwt_secret is a PEM key: give the public key file as jwt_public_key")
     if not c.jwt_leeway_s >= 0 or not math.isfinite(c.jwt_leeway_s):
         found.append(f"jwt_leeway_s must be a non-negative number, not {c.jwt_leeway_s!r}")
+    if not c.jwt_patterns_memo > 0:
+        found.append(f"jwt_patterns_memo must be positive, not {c.jwt_patterns_memo!r}")
     tokens = tokens_configured(c)
     for name in ("jwt_audience", "jwt_issuer", "public_channels"):
         if getattr(c, name) and not tokens:

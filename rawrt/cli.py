@@ -52,6 +52,8 @@ HELP = {
     "jwt_audience": "a token's aud must name this audience; not checked when empty",
     "jwt_issuer": "a token's iss must be this issuer; not checked when empty",
     "jwt_leeway_s": "seconds of clock skew allowed on a token's exp, nbf and iat",
+    "jwt_patterns_memo": "distinct channel-pattern lists of tokens kept parsed and shared "
+    "between connections",
     "public_channels": "comma-separated channel patterns (news, public:*) anyone may "
     "subscribe to without a token",
     "allowed_origins": "web origins whose pages may open a WebSocket and get CORS answers: * "

@@ -46,6 +46,10 @@ class Config:
     jwt_issuer: str = ""
     # Seconds of clock skew allowed on a token's exp, nbf and iat.
     jwt_leeway_s: float = 30.0
+    # Distinct `channels`/`publish` lists of tokens whose parsed form is shared by every
+    # connection that presents them (tokens of one role repeat them), so that an idle
+    # subscriber's grant holds no copy; past this many the memo starts again.
+    jwt_patterns_memo: int = 1024
     # Channel patterns (`news`, `public:*`) anyone may subscribe to without a token.
     public_channels: str = ""
     # Web origins whose pages may open a WebSocket and read CORS answers: `*` for any page

@@ -91,7 +91,7 @@ class Grant:
 class TokenVerifier:
     """Verifies tokens against the configured keys; build it once, at start."""
 
-    __slots__ = ("_audience", "_issuer", "_keys", "_leeway_s")
+    __slots__ = ("_audience", "_issuer", "_keys", "_leeway_s", "_memo", "_memo_size")
 
     def __init__(
         self,
@@ -101,11 +101,16 @@ class TokenVerifier:
         audience: str = "",
         issuer: str = "",
         leeway_s: float = 30.0,
+        memo_size: int = 1024,
     ) -> None:
         self._keys = _signing_keys(secret, public_key_pem)
         self._audience = audience or None
         self._issuer = issuer or None
         self._leeway_s = leeway_s
+        # Parsed pattern lists by their text: every token of one role repeats the same lists,
+        # and sharing one Patterns keeps an idle connection's grant to a few dozen bytes.
+        self._memo: dict[tuple[str, ...], Patterns] = {}
+        self._memo_size = memo_size
 
     @property
     def on(self) -> bool:
@@ -130,7 +135,31 @@ class TokenVerifier:
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"invalid token: {exc}", invalid_token=True) from None
         _check_times(claims, now, self._leeway_s)
-        return _grant_of(claims)
+        sub = claims.get("sub", "")
+        if not isinstance(sub, str):
+            raise Unauthorized("invalid token: sub must be a string", invalid_token=True)
+        channels = self._patterns(claims, "channels")
+        return Grant(sub, float(claims["exp"]), channels, self._patterns(claims, "publish"))
+
+    def _patterns(self, claims: Mapping[str, Any], name: str) -> Patterns:
+        value = claims.get(name)
+        if value is None:
+            return NOBODY
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise Unauthorized(
+                f"invalid token: {name} must be a list of patterns", invalid_token=True
+            )
+        key = tuple(value)
+        patterns = self._memo.get(key)
+        if patterns is None:
+            try:
+                patterns = Patterns.parse(key)
+            except ValueError as exc:
+                raise Unauthorized(f"invalid token: {name}: {exc}", invalid_token=True) from None
+            if len(self._memo) >= self._memo_size:
+                self._memo.clear()  # bounded: the next tokens fill it again
+            self._memo[key] = patterns
+        return patterns
 
     def expired(self, grant: Grant, now: float) -> bool:
         """True once `grant`'s token is past its `exp` (and the leeway) at wall time `now`."""
@@ -189,30 +218,6 @@ def _time_claim(claims: Mapping[str, Any], name: str) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise Unauthorized(f"invalid token: {name} must be a number of seconds", invalid_token=True)
     return float(value)
-
-
-def _grant_of(claims: Mapping[str, Any]) -> Grant:
-    sub = claims.get("sub", "")
-    if not isinstance(sub, str):
-        raise Unauthorized("invalid token: sub must be a string", invalid_token=True)
-    return Grant(
-        sub,
-        float(claims["exp"]),
-        _patterns_claim(claims, "channels"),
-        _patterns_claim(claims, "publish"),
-    )
-
-
-def _patterns_claim(claims: Mapping[str, Any], name: str) -> Patterns:
-    value = claims.get(name)
-    if value is None:
-        return NOBODY
-    if not isinstance(value, list):
-        raise Unauthorized(f"invalid token: {name} must be a list of patterns", invalid_token=True)
-    try:
-        return Patterns.parse(value)
-    except ValueError as exc:
-        raise Unauthorized(f"invalid token: {name}: {exc}", invalid_token=True) from None
 
 
 def issue_token(

@@ -343,3 +343,36 @@ def test_open_server_on_a_reachable_address_is_warned_about(
     assert (warning is not None) is warns
     if warning is not None:
         assert "access control is off" in warning and config["host"] in warning
+
+
+# --- the WebSocket frames of access control (rawrt.wire.envelope) ----------------------------
+
+
+def test_auth_frame_parses_with_or_without_a_token_string() -> None:
+    from rawrt.wire import envelope
+
+    assert envelope.parse_client_message('{"type":"auth","token":"abc"}', 256) == envelope.Auth(
+        "abc"
+    )
+    for bad in ('{"type":"auth"}', '{"type":"auth","token":42}', '{"type":"auth","token":""}'):
+        assert envelope.parse_client_message(bad, 256) == envelope.Auth(None)
+
+
+def test_access_error_frame_names_the_channel_and_authenticated_its_holder() -> None:
+    import json
+
+    from rawrt.wire import envelope
+
+    frame = json.loads(envelope.error("no", data="Forbidden", channel="chat:\ud800x"))
+    assert frame == {
+        "type": "error",
+        "data": "Forbidden",
+        "reason": "no",
+        "channel": "chat:\ud800x",
+    }
+    assert json.loads(envelope.authenticated('al"ice', 1764300600.0)) == {
+        "type": "authenticated",
+        "sub": 'al"ice',
+        "exp": 1764300600,
+    }
+    assert json.loads(envelope.authenticated("a", 1.5))["exp"] == 1.5

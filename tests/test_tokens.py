@@ -281,3 +281,14 @@ def test_rawrt_token_command_without_a_secret_says_so(
 ) -> None:
     assert token_command(["--sub", "x"], {}) == 2
     assert "RAWRT_JWT_SECRET" in capsys.readouterr().err
+
+
+def test_tokens_of_one_role_share_their_parsed_patterns() -> None:
+    verifier = TokenVerifier(SECRET, None, memo_size=2)
+    first = verifier.verify(_hs256(_claims(sub="a")), NOW)
+    second = verifier.verify(_hs256(_claims(sub="b")), NOW)
+    assert first.channels is second.channels and first.publish is second.publish
+    for n in range(5):  # the memo stays bounded, and still answers right
+        grant = verifier.verify(_hs256(_claims(channels=[f"room:{n}"])), NOW)
+        assert grant.channels.matches(f"room:{n}") and not grant.channels.matches("room:x")
+    assert len(verifier._memo) <= 2
