@@ -278,6 +278,10 @@ class AccessPolicy:
         if not grant.publish.matches(channel):
             raise Forbidden(f"the token does not allow publishing to {channel!r}", channel=channel)
 
+    def expires_at(self, grant: Grant) -> float:
+        """The wall time after which `grant` no longer counts (its exp, plus the leeway)."""
+        return self._tokens.expires_at(grant)
+
     def expired(self, grant: Grant, now: float) -> bool:
         """True once `grant`'s token is past its `exp` (and the leeway) at wall time `now`."""
         return self._tokens.expired(grant, now)

@@ -68,6 +68,8 @@ ALIASES = {
     "poll_timeout_s": "--poll-timeout",
     "redis_url": "--redis",
 }
+# Former names still accepted, as a flag and as RAWRT_<NAME>: a field's old name.
+FORMER = {"allowed_origins": "cors_origin"}
 
 
 def _option_type(default: Any) -> Callable[[str], Any]:
@@ -86,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     for field in dataclasses.fields(Config):
         flags = [ALIASES[field.name]] if field.name in ALIASES else []
         flags.append("--" + field.name.replace("_", "-"))
+        if field.name in FORMER:
+            flags.append("--" + FORMER[field.name].replace("_", "-"))
         parser.add_argument(
             *flags,
             dest=field.name,
@@ -104,6 +108,8 @@ def parse_config(argv: Sequence[str], environ: dict[str, str] | None = None) -> 
     values: dict[str, Any] = {}
     for field in dataclasses.fields(Config):
         text = env.get(f"RAWRT_{field.name.upper()}")
+        if text is None and field.name in FORMER:
+            text = env.get(f"RAWRT_{FORMER[field.name].upper()}")
         if text is not None:
             try:
                 values[field.name] = _option_type(field.default)(text)
@@ -115,11 +121,13 @@ def parse_config(argv: Sequence[str], environ: dict[str, str] | None = None) -> 
 
 async def _serve(config: Config) -> None:
     server = Server(config)
-    await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Before start(): a SIGTERM sent as soon as the "listening" line appears must stop the
+    # server gracefully, not kill the process.
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    await server.start()
     await stop.wait()
     logging.getLogger("rawrt").info("stopping")
     await server.stop()
@@ -198,6 +206,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if config.workers > 1 and WORKER_ENV not in os.environ:
         return supervise(config, args)
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(_serve(config))
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(_serve(config))
+    except ConfigError as exc:  # found at start: a public key file that cannot be used
+        print(f"rawrt: {exc}", file=sys.stderr)
+        return 2
     return 0

@@ -29,8 +29,6 @@ class Config:
     max_connections: int = 16_000
     # Optional WebSocket echo endpoint for the Autobahn|Testsuite; off unless a path is given.
     echo_path: str | None = None
-    # Access-Control-Allow-Origin for the HTTP routes; empty string sends no CORS headers.
-    cors_origin: str = "*"
 
     # --- access control (rawrt.access; all off by default: an open development server) ------
     # Keys that may publish over HTTP (`Authorization: Bearer K` or `X-API-Key: K`), comma-
@@ -191,8 +189,6 @@ def _problems(c: Config) -> list[str]:
             found.append(f"{name} must not be negative, not {getattr(c, name)!r}")
     if c.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         found.append(f"log_level must be debug, info, warning, error or critical: {c.log_level!r}")
-    if any(ch in c.cors_origin for ch in "\r\n\0"):
-        found.append("cors_origin must be a single header value")
     if c.echo_path is not None and not c.echo_path.startswith("/"):
         found.append("echo_path must start with '/'")
     if c.workers > 1 and not c.redis_url:

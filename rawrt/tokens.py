@@ -161,9 +161,13 @@ class TokenVerifier:
             self._memo[key] = patterns
         return patterns
 
+    def expires_at(self, grant: Grant) -> float:
+        """The wall time after which `grant` no longer counts (its exp, plus the leeway)."""
+        return grant.exp + self._leeway_s
+
     def expired(self, grant: Grant, now: float) -> bool:
         """True once `grant`'s token is past its `exp` (and the leeway) at wall time `now`."""
-        return now > grant.exp + self._leeway_s
+        return now > self.expires_at(grant)
 
 
 _Key = bytes | rsa.RSAPublicKey | ec.EllipticCurvePublicKey
