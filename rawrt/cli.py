@@ -2,6 +2,9 @@
 
 Every Config field is an option (`history_size` -> `--history-size`) and may also come from
 the environment (`RAWRT_HISTORY_SIZE`); the command line wins over the environment.
+
+`rawrt token --sub USER --channels PATTERNS --publish PATTERNS --ttl SECONDS` prints an HS256
+token signed with the configured secret, for development and tests.
 """
 
 from __future__ import annotations
@@ -13,16 +16,19 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from rawrt import __version__
+from rawrt.access import split_list
 from rawrt.config import Config
 from rawrt.errors import ConfigError
 from rawrt.server import Server
+from rawrt.tokens import issue_token
 from rawrt.workers import WORKER_ENV, supervise
 
-__all__ = ["main", "parse_config"]
+__all__ = ["main", "parse_config", "token_command"]
 
 HELP = {
     "host": "address to listen on",
@@ -38,6 +44,21 @@ HELP = {
     "redis_url": "redis://HOST:PORT/DB: share channels with other nodes through Redis; "
     "several URLs, comma separated, spread the channels over several Redis (shards)",
     "workers": "processes sharing the port (needs --redis)",
+    "publish_key": "keys that may publish over HTTP (Authorization: Bearer KEY or X-API-Key: "
+    "KEY), comma-separated for rotation, 16 characters or more; off when empty",
+    "jwt_secret": "HS256 secret (32 bytes or more) verifying tokens: subscribing then needs a "
+    "token whose channels match, publishing a token or the publish key; prefer the env var",
+    "jwt_public_key": "PEM file of an RSA (RS256) or P-256 (ES256) public key verifying tokens",
+    "jwt_audience": "a token's aud must name this audience; not checked when empty",
+    "jwt_issuer": "a token's iss must be this issuer; not checked when empty",
+    "jwt_leeway_s": "seconds of clock skew allowed on a token's exp, nbf and iat",
+    "jwt_patterns_memo": "distinct channel-pattern lists of tokens kept parsed and shared "
+    "between connections",
+    "public_channels": "comma-separated channel patterns (news, public:*) anyone may "
+    "subscribe to without a token",
+    "allowed_origins": "web origins whose pages may open a WebSocket and get CORS answers: * "
+    "for any page (without credentials), a comma-separated list (https://*.example.com for "
+    "subdomains), or empty for none; tokens need a list",
 }
 # Short option names users expect; the long forms stay valid.
 ALIASES = {
@@ -47,6 +68,8 @@ ALIASES = {
     "poll_timeout_s": "--poll-timeout",
     "redis_url": "--redis",
 }
+# Former names still accepted, as a flag and as RAWRT_<NAME>: a field's old name.
+FORMER = {"allowed_origins": "cors_origin"}
 
 
 def _option_type(default: Any) -> Callable[[str], Any]:
@@ -65,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     for field in dataclasses.fields(Config):
         flags = [ALIASES[field.name]] if field.name in ALIASES else []
         flags.append("--" + field.name.replace("_", "-"))
+        if field.name in FORMER:
+            flags.append("--" + FORMER[field.name].replace("_", "-"))
         parser.add_argument(
             *flags,
             dest=field.name,
@@ -83,6 +108,8 @@ def parse_config(argv: Sequence[str], environ: dict[str, str] | None = None) -> 
     values: dict[str, Any] = {}
     for field in dataclasses.fields(Config):
         text = env.get(f"RAWRT_{field.name.upper()}")
+        if text is None and field.name in FORMER:
+            text = env.get(f"RAWRT_{FORMER[field.name].upper()}")
         if text is not None:
             try:
                 values[field.name] = _option_type(field.default)(text)
@@ -94,11 +121,13 @@ def parse_config(argv: Sequence[str], environ: dict[str, str] | None = None) -> 
 
 async def _serve(config: Config) -> None:
     server = Server(config)
-    await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Before start(): a SIGTERM sent as soon as the "listening" line appears must stop the
+    # server gracefully, not kill the process.
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    await server.start()
     await stop.wait()
     logging.getLogger("rawrt").info("stopping")
     await server.stop()
@@ -113,8 +142,60 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
+def _token_parser(env: dict[str, str] | os._Environ[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rawrt token",
+        description="Print an HS256 token signed with the configured secret (for development "
+        "and tests). Patterns: an exact channel, a prefix ending in * (chat:*), or *.",
+    )
+    parser.add_argument("--sub", required=True, help="the user id the token names")
+    parser.add_argument(
+        "--channels", default="", help="comma-separated patterns the holder may subscribe to"
+    )
+    parser.add_argument(
+        "--publish", default="", help="comma-separated patterns the holder may publish to"
+    )
+    parser.add_argument(
+        "--ttl", type=float, default=3600.0, help="seconds until it expires (default 3600)"
+    )
+    for name in ("jwt_secret", "jwt_audience", "jwt_issuer"):
+        variable = f"RAWRT_{name.upper()}"
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            default=env.get(variable, ""),
+            help=f"{HELP[name]} (env {variable})",
+        )
+    return parser
+
+
+def token_command(argv: Sequence[str], environ: dict[str, str] | None = None) -> int:
+    """`rawrt token ...`: print a token, or a message and 2."""
+    args = _token_parser(os.environ if environ is None else environ).parse_args(argv)
+    if not args.jwt_secret:
+        print("rawrt token: needs --jwt-secret or RAWRT_JWT_SECRET", file=sys.stderr)
+        return 2
+    try:
+        token = issue_token(
+            args.jwt_secret,
+            sub=args.sub,
+            channels=split_list(args.channels),
+            publish=split_list(args.publish),
+            now=time.time(),
+            ttl_s=args.ttl,
+            audience=args.jwt_audience,
+            issuer=args.jwt_issuer,
+        )
+    except ConfigError as exc:
+        print(f"rawrt token: {exc}", file=sys.stderr)
+        return 2
+    print(token)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["token"]:
+        return token_command(args[1:])
     try:
         config = parse_config(args)
     except ConfigError as exc:
@@ -125,6 +206,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if config.workers > 1 and WORKER_ENV not in os.environ:
         return supervise(config, args)
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(_serve(config))
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(_serve(config))
+    except ConfigError as exc:  # found at start: a public key file that cannot be used
+        print(f"rawrt: {exc}", file=sys.stderr)
+        return 2
     return 0

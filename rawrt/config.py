@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from rawrt import access
 from rawrt.errors import ConfigError
 
 __all__ = ["Config", "ConfigError", "redis_address", "redis_urls"]
@@ -28,8 +29,31 @@ class Config:
     max_connections: int = 16_000
     # Optional WebSocket echo endpoint for the Autobahn|Testsuite; off unless a path is given.
     echo_path: str | None = None
-    # Access-Control-Allow-Origin for the HTTP routes; empty string sends no CORS headers.
-    cors_origin: str = "*"
+
+    # --- access control (rawrt.access; all off by default: an open development server) ------
+    # Keys that may publish over HTTP (`Authorization: Bearer K` or `X-API-Key: K`), comma-
+    # separated so that a key can be rotated without downtime: add the new, then drop the old.
+    # Credentials stay out of repr(), so no log line or traceback shows them.
+    publish_key: str = field(default="", repr=False)
+    # HS256 secret that signs subscriber and publisher tokens (JWT); at least 32 bytes.
+    jwt_secret: str = field(default="", repr=False)
+    # Path of a PEM public key (RSA: RS256, P-256: ES256) that verifies tokens; read at start.
+    jwt_public_key: str = ""
+    # When set, a token's `aud` must name this audience and its `iss` this issuer.
+    jwt_audience: str = ""
+    jwt_issuer: str = ""
+    # Seconds of clock skew allowed on a token's exp, nbf and iat.
+    jwt_leeway_s: float = 30.0
+    # Distinct `channels`/`publish` lists of tokens whose parsed form is shared by every
+    # connection that presents them (tokens of one role repeat them), so that an idle
+    # subscriber's grant holds no copy; past this many the memo starts again.
+    jwt_patterns_memo: int = 1024
+    # Channel patterns (`news`, `public:*`) anyone may subscribe to without a token.
+    public_channels: str = ""
+    # Web origins whose pages may open a WebSocket and read CORS answers: `*` for any page
+    # (no credentials), a comma-separated list (`https://*.example.com` for subdomains), or
+    # empty for none. Tokens need a list: a browser sends the token cookie from any page.
+    allowed_origins: str = "*"
 
     # --- channels and history ----------------------------------------------------------------
     # Messages kept per channel for resume (SSE Last-Event-ID, poll cursors, WS "since").
@@ -165,14 +189,13 @@ def _problems(c: Config) -> list[str]:
             found.append(f"{name} must not be negative, not {getattr(c, name)!r}")
     if c.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         found.append(f"log_level must be debug, info, warning, error or critical: {c.log_level!r}")
-    if any(ch in c.cors_origin for ch in "\r\n\0"):
-        found.append("cors_origin must be a single header value")
     if c.echo_path is not None and not c.echo_path.startswith("/"):
         found.append("echo_path must start with '/'")
     if c.workers > 1 and not c.redis_url:
         found.append("workers > 1 needs redis_url: processes share channels through Redis")
     if c.redis_url:  # "" (an empty environment variable) means no Redis, as None does
         found += _redis_url_problems(c.redis_url)
+    found.extend(access.config_problems(c))
     return found
 
 

@@ -205,7 +205,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _error_reply(self, exc: HttpError, request: Request) -> bytes:
         # The whole request has been read, so the connection can go on after this.
-        headers = (*exc.headers, *self._host.cors_headers)
+        headers = (*exc.headers, *self._host.cors_for(request.headers))
         return http.error_response(
             exc.status, exc.detail, headers=headers, keep_alive=request.keep_alive
         )

@@ -10,13 +10,15 @@ few lines. `Server` implements every protocol; mypy checks that where the server
 to the router and to each `HttpConnection`.
 
     HttpHost      the HTTP driver: config, stopping, CORS headers, the router, the registry
-    SocketHost    a WebSocket: config, clock, hub, attach, publish, the registry
-    StreamHost    an event stream: config, hub, CORS headers, the registry
+    SocketHost    a WebSocket: config, clock, hub, the access policy, attach, publish, the
+                  registry
+    StreamHost    an event stream: config, hub, the registry
     PollHost      a parked long poll: the hub, and an HttpHost to hand a kept-alive socket back
     RouterHost    the router: all of the above (it starts every transport) and readiness
 
 The registry side is `Session` (what shutdown needs of any open connection), with
-`PingedSession` and `StreamSession` for the two kinds the server's sweep visits.
+`PingedSession` and `StreamSession` for the two kinds the server's sweep visits (for pings
+and heartbeats, and, with tokens on, to end those whose token has expired).
 
 A protocol is only typing: reading `host.hub` costs what reading `server.hub` did.
 
@@ -31,6 +33,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from rawrt.access import AccessPolicy
 from rawrt.config import Config
 from rawrt.hub import Hub
 
@@ -54,7 +57,7 @@ __all__ = [
 ]
 
 RequestHeaders = list[tuple[bytes, bytes]]  # (lower-cased name, value), as h11 gives them
-CorsHeaders = tuple[tuple[str, str], ...]  # added to every answer; empty without cors_origin
+CorsHeaders = tuple[tuple[str, str], ...]  # the CORS headers of one answer (rawrt.access)
 
 # What a route handler gives back: response bytes, or None once it has taken the socket over;
 # a handler that must wait for a backplane returns an awaitable of either.
@@ -118,12 +121,16 @@ class PingedSession(Session, Protocol):
     """A WebSocket: the sweep pings it and drops it when its pong is late."""
 
     def check_liveness(self, now: float) -> None: ...
+    def check_expiry(self, wall_now: float) -> None:
+        """With tokens on, the sweep also asks: has the token it holds run out?"""
+        ...
 
 
 class StreamSession(Session, Protocol):
-    """An event stream: the sweep writes its heartbeats."""
+    """An event stream: the sweep writes its heartbeats, and ends it when its token expires."""
 
     def heartbeat(self) -> None: ...
+    def check_expiry(self, wall_now: float) -> None: ...
 
 
 # --- hosts -------------------------------------------------------------------------------------
@@ -134,8 +141,10 @@ class HttpHost(Protocol):
     def config(self) -> Config: ...
     @property
     def stopping(self) -> bool: ...
-    @property
-    def cors_headers(self) -> CorsHeaders: ...
+    def cors_for(self, headers: RequestHeaders) -> CorsHeaders:
+        """The CORS headers of an answer to a request with these headers."""
+        ...
+
     @property
     def router(self) -> Resolver: ...
     def admit(self, conn: Session) -> bool:
@@ -151,6 +160,8 @@ class SocketHost(Protocol):
     def config(self) -> Config: ...
     @property
     def hub(self) -> Hub: ...
+    @property
+    def access(self) -> AccessPolicy: ...
     def clock(self) -> float:
         """The loop's monotonic time, which every deadline uses."""
         ...
@@ -169,8 +180,6 @@ class StreamHost(Protocol):
     def config(self) -> Config: ...
     @property
     def hub(self) -> Hub: ...
-    @property
-    def cors_headers(self) -> CorsHeaders: ...
     def register_stream(self, stream: StreamSession) -> None: ...
     def forget(self, conn: Session) -> None: ...
 

@@ -3,6 +3,10 @@
     RawrtError
     ├── ConfigError          a bad setting; raised before serving
     ├── HttpError            a request we refuse: carries the HTTP status to answer with
+    │   └── AccessDenied     the access policy said no (rawrt.access)
+    │       ├── Unauthorized 401, no valid credential; on an open WebSocket: close 4401
+    │       └── Forbidden    403, a valid credential without that channel; on an open
+    │                        WebSocket: an error frame naming the channel
     ├── WebSocketClose       the peer broke a rule: carries the close code (RFC 6455 §7.4.1)
     ├── BadMessage           a client frame we cannot act on: answered with a JSON error
     │                        frame, and the connection stays open
@@ -19,13 +23,16 @@ answered with 500 or close code 1011, without details.
 from __future__ import annotations
 
 __all__ = [
+    "AccessDenied",
     "BackplaneUnavailable",
     "BadMessage",
     "ConfigError",
+    "Forbidden",
     "HttpError",
     "HubFull",
     "NotAttached",
     "RawrtError",
+    "Unauthorized",
     "WebSocketClose",
 ]
 
@@ -75,3 +82,44 @@ class HubFull(RawrtError):
 
 class NotAttached(RawrtError):
     """With a backplane, a channel must be synced from the shared history before use."""
+
+
+# --- access control (rawrt.access decides; these say how each answer reaches the peer) -------
+
+
+class AccessDenied(HttpError):
+    """The access policy refused a publish, a subscribe or a connection."""
+
+
+class Unauthorized(AccessDenied):
+    """No valid credential: 401 with a `WWW-Authenticate` challenge (RFC 6750 §3).
+
+    `invalid_token` says a credential was presented but is malformed, expired, not yet valid
+    or badly signed (`error="invalid_token"`); without it none was presented at all, and
+    RFC 6750 §3.1 says the challenge then carries no error code. An open WebSocket that holds
+    an invalid token is closed with `CLOSE_CODE`, an application code a browser sees in
+    `CloseEvent.code` (it sees 1006 for any refused handshake, whatever the HTTP status).
+    """
+
+    CLOSE_CODE = 4401
+
+    def __init__(self, detail: str, *, invalid_token: bool) -> None:
+        challenge = 'Bearer error="invalid_token"' if invalid_token else "Bearer"
+        super().__init__(401, detail, headers=(("WWW-Authenticate", challenge),))
+        self.invalid_token = invalid_token
+
+
+class Forbidden(AccessDenied):
+    """A valid credential that does not cover `channel` (or an origin that may not connect).
+
+    403; RFC 6750 §3.1 calls a token without the right scope `insufficient_scope`.
+    """
+
+    def __init__(self, detail: str, *, channel: str | None = None) -> None:
+        headers = (
+            (("WWW-Authenticate", 'Bearer error="insufficient_scope"'),)
+            if channel is not None
+            else ()
+        )
+        super().__init__(403, detail, headers=headers)
+        self.channel = channel

@@ -9,16 +9,30 @@ of either.
 
 This is the one module that names the transports: it starts each of them on the socket a
 handler takes over, and hands it the same host it was given (a `RouterHost`, rawrt.edge).
+
+It is also where access is decided (rawrt.access), once per request: the publish routes ask
+for the publish key or a token, the subscribe routes for a token that covers the channel, an
+upgrade for an allowed Origin; a WebSocket decides its own subscribes and publishes with the
+grant it is handed here. Every answer carries the CORS headers of its request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
-from rawrt.edge import AnyReply, Exchange, Handler, Reply, Request, RouterHost
-from rawrt.errors import BackplaneUnavailable, BadMessage, HttpError, HubFull, NotAttached
+from rawrt.edge import AnyReply, CorsHeaders, Exchange, Handler, Reply, Request, RouterHost
+from rawrt.errors import (
+    BackplaneUnavailable,
+    BadMessage,
+    HttpError,
+    HubFull,
+    NotAttached,
+    Unauthorized,
+)
 from rawrt.hub import PollAnswer
+from rawrt.tokens import Grant
 from rawrt.transports.longpoll import ParkedPoll, poll_response
 from rawrt.transports.sse import EventStream, stream_unavailable
 from rawrt.transports.websocket import ChannelSocket, EchoSocket, WebSocketSession
@@ -86,9 +100,19 @@ class Router:
         self, request: Request, conn: Exchange, kind: type[WebSocketSession]
     ) -> bytes | None:
         accept = handshake.check_upgrade(request.method, request.http_version, request.headers)
+        access = self._host.access
+        access.check_upgrade_origin(request.headers)  # 403: cross-site WebSocket hijacking
+        grant: Grant | None = None
+        refused: Unauthorized | None = None
+        try:
+            grant = access.connection_grant(request.headers, request.query, time.time())
+        except Unauthorized as exc:
+            # Upgraded all the same, then closed with 4401: a browser sees 1006 for any
+            # refused handshake, and could not tell that its token needs renewing.
+            refused = exc
         transport, pending = conn.take_over()
         transport.write(handshake.switching_protocols(accept))
-        kind(self._host, transport).start(pending)
+        kind(self._host, transport).start(pending, grant, refused)
         return None
 
     def _broadcast(self, request: Request, conn: Exchange, channel: str) -> AnyReply:
@@ -99,6 +123,7 @@ class Router:
 
     def _publish_reply(self, request: Request, channel: str, flag: str) -> AnyReply:
         self._check_channel(channel)
+        self._host.access.check_http_publish(request.headers, request.query, channel, time.time())
         if not request.body.strip():
             raise HttpError(400, "the body must be the message data, as JSON")
         try:
@@ -128,29 +153,40 @@ class Router:
         # without a length, which only closing the connection ends (RFC 9112 §6.3). Kept
         # alive, the short one left EventSource waiting out keepalive_timeout_s to reconnect.
         request.keep_alive = False
+        access = self._host.access
+        grant = access.subscriber_grant(request.headers, request.query, channel, time.time())
+        expires_at = None if grant is None else access.expires_at(grant)
+        cors = self._host.cors_for(request.headers)
         header = request.header(b"last-event-id")
         last_id = header.decode("latin-1") if header is not None else None
         last_id = last_id or request.query.get("lastEventId") or None
         return self._when_attached(
             channel,
             last_id,
-            lambda: self._open_stream(conn, channel, last_id),
-            self._sse_unavailable,
+            lambda: self._open_stream(conn, channel, last_id, cors, expires_at),
+            # NOTES: any status but 200 stops EventSource for good. A 200 that ends at once
+            # makes it reconnect after `retry`, which a client should do while we cannot serve.
+            lambda exc: stream_unavailable(cors, str(exc)),
         )
 
-    def _open_stream(self, conn: Exchange, channel: str, last_id: str | None) -> Reply:
+    def _open_stream(
+        self,
+        conn: Exchange,
+        channel: str,
+        last_id: str | None,
+        cors: CorsHeaders,
+        expires_at: float | None,
+    ) -> Reply:
         self._host.hub.head_id(channel)  # raises HubFull before the socket changes hands
         transport, _ = conn.take_over()
-        EventStream(self._host, transport).open(channel, last_id)
+        EventStream(self._host, transport, expires_at).open(channel, last_id, cors)
         return None
-
-    def _sse_unavailable(self, exc: Exception) -> bytes:
-        # NOTES: any status but 200 stops EventSource for good. A 200 that ends at once makes
-        # it reconnect after `retry`, which is what a client should do while we cannot serve.
-        return stream_unavailable(self._host.cors_headers, str(exc))
 
     def _poll(self, request: Request, conn: Exchange, channel: str) -> AnyReply:
         self._check_channel(channel)
+        # Checked on every poll; a parked one is answered within its timeout, so it keeps
+        # nothing of its token.
+        self._host.access.subscriber_grant(request.headers, request.query, channel, time.time())
         timeout_s = self._poll_timeout(request.query.get("timeout"))
         since = request.query.get("since") or None
         return self._when_attached(
@@ -166,10 +202,12 @@ class Router:
         timeout_s: float,
     ) -> Reply:
         ready = self._host.hub.poll(channel, since)
+        cors = self._host.cors_for(request.headers)
         if isinstance(ready, PollAnswer):
-            return poll_response(self._host.cors_headers, ready, request.keep_alive)
+            return poll_response(cors, ready, request.keep_alive)
         transport, pending = conn.take_over()
-        ParkedPoll(self._host, transport, channel, request.keep_alive).park(pending, timeout_s)
+        parked = ParkedPoll(self._host, transport, channel, request.keep_alive, cors)
+        parked.park(pending, timeout_s)
         return None
 
     def _when_attached(
@@ -230,12 +268,7 @@ class Router:
         return self._json(request, {"ready": ready}, 200 if ready else 503)
 
     def _preflight(self, request: Request, conn: Exchange, _: str) -> bytes:
-        headers = [
-            *self._host.cors_headers,
-            ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
-            ("Access-Control-Allow-Headers", "Content-Type, Last-Event-ID"),
-            ("Access-Control-Max-Age", "86400"),
-        ]
+        headers = self._host.access.preflight_headers(request.headers)
         return http.response(204, headers=headers, keep_alive=request.keep_alive)
 
     def _not_found(self, request: Request, conn: Exchange, _: str) -> bytes:
@@ -249,6 +282,5 @@ class Router:
             raise HttpError(400, f"channel name is longer than {limit} bytes")
 
     def _json(self, request: Request, value: object, status: int = 200) -> bytes:
-        return http.json_response(
-            status, value, headers=self._host.cors_headers, keep_alive=request.keep_alive
-        )
+        cors = self._host.cors_for(request.headers)
+        return http.json_response(status, value, headers=cors, keep_alive=request.keep_alive)

@@ -8,8 +8,12 @@
     await server.stop()
 
 It runs in whatever asyncio loop is current (stock or uvloop). Everything periodic is one
-callback chain, the sweep: WebSocket pings and their deadlines, and SSE heartbeats, walk the
-open connections a few times per interval instead of holding a timer per connection.
+callback chain, the sweep: WebSocket pings and their deadlines, SSE heartbeats and, with
+tokens on, the tokens' expiry walk the open connections a few times per interval instead of
+holding a timer per connection.
+
+Access decisions are the policy's (rawrt.access), built once here from the configuration;
+the router asks it once per request or subscribe, never per message.
 
 The HTTP driver, the router and the transports see the server only through the protocols of
 rawrt.edge (`Server` implements them all), so this module is the only one that knows it.
@@ -22,10 +26,12 @@ import logging
 import secrets
 import time
 
+from rawrt.access import AccessPolicy, open_warning
 from rawrt.backplane import Backplane, backplane_for
 from rawrt.config import Config
 from rawrt.connection import HttpConnection
-from rawrt.edge import PingedSession, Session, StreamSession
+from rawrt.edge import CorsHeaders, PingedSession, RequestHeaders, Session, StreamSession
+from rawrt.errors import ConfigError
 from rawrt.hub import Hub
 from rawrt.routes import Router
 from rawrt.wire import envelope
@@ -46,14 +52,11 @@ class Server:
 
     def __init__(self, config: Config | None = None) -> None:
         self.config = config or Config()
+        # Raises ConfigError for a public key rawrt cannot read or use: before serving.
+        self.access = AccessPolicy(self.config, _read_public_key(self.config.jwt_public_key))
         self.hub: Hub = None  # type: ignore[assignment]  # made in start(), in the loop
         self.router = Router(self)
         self.stopping = False
-        self.cors_headers: tuple[tuple[str, str], ...] = (
-            (("Access-Control-Allow-Origin", self.config.cors_origin),)
-            if self.config.cors_origin
-            else ()
-        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: asyncio.Server | None = None
         self._port: int | None = None  # kept after stop(): the listener's sockets are gone
@@ -93,6 +96,9 @@ class Server:
         self._next_heartbeat = loop.time() + self.config.sse_heartbeat_s
         self._schedule_sweep()
         log.info("listening on %s", self.url)
+        warning = open_warning(self.config)
+        if warning is not None:
+            log.warning("%s", warning)
 
     async def stop(self) -> None:
         """Stop accepting, say goodbye to every connection, and wait for them (bounded)."""
@@ -198,6 +204,9 @@ class Server:
         if self._drained is not None and not self._connections:
             self._drained.set()
 
+    def cors_for(self, headers: RequestHeaders) -> CorsHeaders:
+        return self.access.cors_headers(headers)
+
     def clock(self) -> float:
         """The loop's monotonic time, which every deadline uses."""
         assert self._loop is not None
@@ -226,8 +235,25 @@ class Server:
             self._next_heartbeat = now + self.config.sse_heartbeat_s
             for stream in tuple(self._streams.values()):
                 stream.heartbeat()
+        if self.access.tokens_on:
+            wall_now = time.time()  # a token's exp is wall-clock time
+            for ws in tuple(self._sockets.values()):
+                ws.check_expiry(wall_now)
+            for stream in tuple(self._streams.values()):
+                stream.check_expiry(wall_now)
         self.backplane.sweep(now)
         self._schedule_sweep()
+
+
+def _read_public_key(path: str) -> str | None:
+    """The PEM text of `--jwt-public-key`, read once at start; None when it is not set."""
+    if not path:
+        return None
+    try:
+        with open(path, encoding="ascii") as pem:
+            return pem.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"jwt_public_key {path!r} cannot be read: {exc}") from None
 
 
 def _backplane_for(config: Config) -> Backplane:

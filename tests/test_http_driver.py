@@ -276,7 +276,6 @@ class FakeHost:
     def __init__(self, handler: Handler, *, full: bool = False) -> None:
         self.config = Config(port=0)
         self.stopping = False
-        self.cors_headers = (("Access-Control-Allow-Origin", "*"),)
         self.router = self  # resolve() below
         self.handler, self.full = handler, full
         self.open: set[Session] = set()
@@ -285,6 +284,9 @@ class FakeHost:
     def resolve(self, request: Request) -> tuple[Handler, str]:
         self.paths.append(request.path)
         return self.handler, request.path[-1]
+
+    def cors_for(self, headers: list[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
+        return (("Access-Control-Allow-Origin", "*"),)
 
     def admit(self, conn: Session) -> bool:
         if not self.full:

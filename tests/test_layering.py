@@ -1,8 +1,8 @@
 """The sans-I/O core imports no I/O: its modules are read with `ast`, not imported.
 
-The core (log, hub, config, errors, wire) takes data and returns data; time comes in as an
-argument and writes go out through callables. A module of it importing asyncio, a socket
-or a clock, or any of rawrt's I/O edge, would break that promise quietly.
+The core (log, hub, config, errors, access, tokens, wire) takes data and returns data; time
+comes in as an argument and writes go out through callables. A module of it importing
+asyncio, a socket or a clock, or any of rawrt's I/O edge, would break that promise quietly.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ CORE = sorted(
         PACKAGE / "hub.py",
         PACKAGE / "config.py",
         PACKAGE / "errors.py",
+        PACKAGE / "access.py",
+        PACKAGE / "tokens.py",
     ]
     + [p for p in (PACKAGE / "wire").glob("*.py")]
 )

@@ -49,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--servers",
         type=_csv,
-        help=f"comma list of {', '.join(ALL_SERVERS)} (default: all; with --smoke: rawrt,floor)",
+        help=f"comma list of {', '.join(SERVERS)} (default: {','.join(ALL_SERVERS)}; "
+        "with --smoke: rawrt,floor)",
     )
     p.add_argument(
         "--scenarios",

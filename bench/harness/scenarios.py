@@ -293,9 +293,10 @@ def _run_idle(
 
 
 def _measure(
-    ctx: Context, server: str, rep: int, job: Job, proc: procs.Proc, port: int, log: Path
+    ctx: Context, spec: Server, rep: int, job: Job, proc: procs.Proc, port: int, log: Path
 ) -> list[dict[str, Any]]:
-    args = _common_args(ctx, job, port, proc.pid)
+    server = spec.name
+    args = _common_args(ctx, job, port, proc.pid) + spec.loadgen_args(ctx.root)
     if job.mode == "idle":
         return _run_idle(ctx, server, rep, job, proc, args, log)
     extra = _fanout_args(ctx.sizes, job) if job.mode == "fanout" else _rate_args(ctx.sizes)
@@ -317,7 +318,7 @@ def run_job(ctx: Context, spec: Server, rep: int, job: Job) -> list[dict[str, An
         if not procs.wait_listening(proc, port, START_TIMEOUT_S):
             tail = proc.log_tail()
             raise loadgen.LoadgenError(f"{spec.name} did not start listening:\n{tail}")
-        return _measure(ctx, spec.name, rep, job, proc, port, log)
+        return _measure(ctx, spec, rep, job, proc, port, log)
     finally:
         proc.stop()
         time.sleep(0.2)  # let the kernel retire the closed sockets

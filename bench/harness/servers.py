@@ -1,6 +1,9 @@
 """The servers under test: how to start each, and whether it can be.
 
 rawrt is started with no tuning flags: the bench measures its defaults.
+`rawrt-tokens` is the same server with tokens required (an HS256 secret, no
+browser origin): the load generator then sends a token on every request, and
+comparing the two shows what checking tokens costs. It runs only when named.
 Peers live in bench/peers/ (see its README for what each one is).
 """
 
@@ -10,6 +13,7 @@ import importlib.util
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +29,9 @@ class Server:
     name: str
     argv: Callable[[Path, int], list[str]]
     transports: tuple[str, ...] = ALL_TRANSPORTS
+    # More load generator options for this server (a credential to send).
+    loadgen_args: Callable[[Path], list[str]] = lambda _root: []
+    by_default: bool = True
 
 
 def _python(script: str) -> Callable[[Path, int], list[str]]:
@@ -37,6 +44,33 @@ def _rawrt(root: Path, port: int) -> list[str]:
     return [sys.executable, "-m", "rawrt", "--host", "127.0.0.1", "--port", str(port)]
 
 
+# Benchmark-only: generated on this machine, never a real deployment's secret.
+BENCH_JWT_SECRET = "rawrt-bench-secret-not-for-deployment-0123456789"
+
+
+def _rawrt_tokens(root: Path, port: int) -> list[str]:
+    # No browser origin may connect: the load generator is not a browser (and sends no Origin).
+    return [*_rawrt(root, port), "--jwt-secret", BENCH_JWT_SECRET, "--allowed-origins", ""]
+
+
+def _token_header(root: Path) -> list[str]:
+    """One token for every connection: each still verifies it and keeps its own grant."""
+    sys.path.insert(0, str(root))
+    try:
+        from rawrt.tokens import issue_token
+    finally:
+        sys.path.remove(str(root))
+    token = issue_token(
+        BENCH_JWT_SECRET,
+        sub="bench",
+        channels=["bench"],
+        publish=["bench"],
+        now=time.time(),
+        ttl_s=6 * 3600,
+    )
+    return ["--header", f"Authorization: Bearer {token}"]
+
+
 def _node(root: Path, port: int) -> list[str]:
     node = shutil.which("node") or "node"
     return [node, str(root / "bench/peers/node/server.js"), "--port", str(port)]
@@ -46,13 +80,14 @@ SERVERS: dict[str, Server] = {
     s.name: s
     for s in (
         Server("rawrt", _rawrt),
+        Server("rawrt-tokens", _rawrt_tokens, loadgen_args=_token_header, by_default=False),
         Server("node", _node),
         Server("websockets", _python("bench/peers/websockets_peer.py"), ("ws",)),
         Server("aiohttp", _python("bench/peers/aiohttp_peer.py")),
         Server("floor", _python("bench/peers/floor_peer.py")),
     )
 }
-ALL_SERVERS = tuple(SERVERS)
+ALL_SERVERS = tuple(name for name, spec in SERVERS.items() if spec.by_default)
 
 
 def _rawrt_missing(root: Path) -> str | None:
@@ -87,7 +122,7 @@ def _node_missing(root: Path) -> str | None:
 
 def availability(name: str, root: Path) -> str | None:
     """None when the server can run, else why not (to print and skip)."""
-    if name == "rawrt":
+    if name in ("rawrt", "rawrt-tokens"):
         return _rawrt_missing(root)
     if name == "node":
         return _node_missing(root)

@@ -55,6 +55,10 @@
  *   --window N         connections being opened at once (default 256)
  *   --hold S           idle mode: longest hold (default 600)
  *   --max-s S          hard limit on the whole run (default 900)
+ *   --header LINE      one more header line ("Name: value", at most 1000
+ *                      bytes) on every request: the upgrade, the stream, each
+ *                      poll and each HTTP publish (a credential, when the
+ *                      server requires one)
  *
  * Output: stdout gets "READY n" (idle mode only) and, at the end, one JSON
  * object: deliveries, expected, lost, duplicates, duration_s,
@@ -146,6 +150,7 @@ static struct opts {
     int window;
     int hold_s;
     int max_s;
+    char header[1024]; /* "Name: value\r\n" or "" */
 } O;
 
 /* ------------------------------------------------------------------- state */
@@ -723,13 +728,13 @@ static void ws_send(struct conn *c, int opcode, const char *p, size_t n) {
 }
 
 static void ws_send_upgrade(struct conn *c) {
-    char key[25], req[512];
+    char key[25], req[2048];
     ws_key(c->id, key);
     int n = snprintf(req, sizeof req,
                      "GET /ws HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
                      "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
-                     "Sec-WebSocket-Version: 13\r\n\r\n",
-                     O.host, O.port, key);
+                     "Sec-WebSocket-Version: 13\r\n%s\r\n",
+                     O.host, O.port, key, O.header);
     c->stage = ST_WS_UPGRADE;
     conn_send(c, req, (size_t)n);
 }
@@ -1043,20 +1048,20 @@ static size_t http_consume(struct conn *c, char *p, size_t n) {
 }
 
 static void http_send_request(struct conn *c) {
-    char req[1024];
+    char req[2048];
     int n;
     if (O.transport == T_SSE) {
         n = snprintf(req, sizeof req,
                      "GET /api/sse/subscribe/%s HTTP/1.1\r\nHost: %s:%d\r\n"
-                     "Accept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n",
-                     O.channel, O.host, O.port);
+                     "Accept: text/event-stream\r\nCache-Control: no-cache\r\n%s\r\n",
+                     O.channel, O.host, O.port, O.header);
     } else {
         /* The first poll carries no cursor: "from now on". */
         n = snprintf(req, sizeof req,
                      "POST /api/poll/%s%s%s HTTP/1.1\r\nHost: %s:%d\r\n"
-                     "Content-Length: 0\r\n\r\n",
+                     "Content-Length: 0\r\n%s\r\n",
                      O.channel, c->cursor ? "?since=" : "", c->cursor ? c->cursor : "",
-                     O.host, O.port);
+                     O.host, O.port, O.header);
     }
     if (n >= (int)sizeof req) {
         conn_close(c, &S.err.protocol);
@@ -1317,8 +1322,8 @@ static size_t make_publish(char *out, uint64_t t, uint64_t k) {
     }
     int hl = sprintf(out,
                      "POST /api/broadcast/%s HTTP/1.1\r\nHost: %s:%d\r\n"
-                     "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n",
-                     O.channel, O.host, O.port, dl);
+                     "Content-Type: application/json\r\nContent-Length: %zu\r\n%s\r\n",
+                     O.channel, O.host, O.port, dl, O.header);
     memcpy(out + hl, data, dl);
     return (size_t)hl + dl;
 }
@@ -1327,7 +1332,7 @@ static size_t make_publish(char *out, uint64_t t, uint64_t k) {
 static void publish(struct phase *ph, uint64_t k, uint64_t count) {
     static char *buf;
     static size_t cap;
-    size_t need = count * ((size_t)O.size + 512);
+    size_t need = count * ((size_t)O.size + 512 + sizeof O.header);
     if (need > cap) buf = xrealloc(buf, cap = need);
     uint64_t t = now_ns();
     size_t len = 0;
@@ -1583,6 +1588,11 @@ static void parse_args(int argc, char **argv) {
         else if (!strcmp(a, "--window")) O.window = atoi(v);
         else if (!strcmp(a, "--hold")) O.hold_s = atoi(v);
         else if (!strcmp(a, "--max-s")) O.max_s = atoi(v);
+        else if (!strcmp(a, "--header")) {
+            if (strlen(v) > 1000 || strpbrk(v, "\r\n") || !strchr(v, ':'))
+                die("--header must be one 'Name: value' line of at most 1000 bytes");
+            snprintf(O.header, sizeof O.header, "%s\r\n", v);
+        }
         else usage();
     }
     if (O.pub_ws < 0) O.pub_ws = O.transport == T_WS;

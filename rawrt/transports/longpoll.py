@@ -23,11 +23,16 @@ __all__ = ["ParkedPoll", "poll_response"]
 
 
 def poll_response(cors: CorsHeaders, answer: PollAnswer, keep_alive: bool) -> bytes:
-    """The response to a poll, built once per answer and connection kind."""
-    reply = answer.encoded.get(keep_alive)
+    """The response to a poll, built once per answer, connection kind and CORS answer.
+
+    With an origin allow-list the CORS headers echo each poller's origin, so pollers from
+    different pages of one flush get different bytes; those from one page still share them.
+    """
+    key = (keep_alive, cors)
+    reply = answer.encoded.get(key)
     if reply is None:
         reply = http.response(200, answer.body(), headers=cors, keep_alive=keep_alive)
-        answer.encoded[keep_alive] = reply
+        answer.encoded[key] = reply
     return reply
 
 
@@ -36,6 +41,7 @@ class ParkedPoll(asyncio.Protocol):
 
     __slots__ = (
         "_channel",
+        "_cors",
         "_cursor",
         "_host",
         "_keep_alive",
@@ -45,9 +51,15 @@ class ParkedPoll(asyncio.Protocol):
     )
 
     def __init__(
-        self, host: PollHost, transport: asyncio.Transport, channel: str, keep_alive: bool
+        self,
+        host: PollHost,
+        transport: asyncio.Transport,
+        channel: str,
+        keep_alive: bool,
+        cors: CorsHeaders,
     ) -> None:
         self._host = host
+        self._cors = cors  # the CORS answer to this request, shared when it is constant
         self._transport: asyncio.Transport | None = transport
         self._channel = channel
         self._keep_alive = keep_alive
@@ -79,7 +91,7 @@ class ParkedPoll(asyncio.Protocol):
             return
         self._cancel_timer()
         self._host.forget(self)
-        transport.write(poll_response(self._host.cors_headers, answer, self._keep_alive))
+        transport.write(poll_response(self._cors, answer, self._keep_alive))
         if self._keep_alive and not self._host.stopping:
             HttpConnection(self._host).adopt(transport, self._pending)
         else:

@@ -61,15 +61,20 @@ _UNAVAILABLE_RETRY_MS = 2000
 class EventStream(asyncio.Protocol):
     """An open text/event-stream response subscribed to one channel."""
 
-    __slots__ = ("_host", "_input_bytes", "_sub", "_transport")
+    __slots__ = ("_expires_at", "_host", "_input_bytes", "_sub", "_transport")
 
-    def __init__(self, host: StreamHost, transport: asyncio.Transport) -> None:
+    def __init__(
+        self, host: StreamHost, transport: asyncio.Transport, expires_at: float | None = None
+    ) -> None:
         self._host = host
         self._transport: asyncio.Transport | None = transport
         self._sub: Subscription | None = None
         self._input_bytes = 0
+        # Wall time at which the token that opened the stream runs out (None: it needed none).
+        # Only this is kept of the token: the channel was decided when the stream opened.
+        self._expires_at = expires_at
 
-    def open(self, channel: str, last_event_id: str | None) -> None:
+    def open(self, channel: str, last_event_id: str | None, cors: http.Headers = ()) -> None:
         """Write the head and first events, then join the channel (replaying if resuming)."""
         transport = self._transport
         assert transport is not None
@@ -78,9 +83,7 @@ class EventStream(asyncio.Protocol):
         transport.set_protocol(self)
         self._host.register_stream(self)
         transport.write(
-            stream_head(self._host.cors_headers)
-            + sse.retry(config.sse_retry_ms)
-            + sse.event(_CONNECTED, first_id)
+            stream_head(cors) + sse.retry(config.sse_retry_ms) + sse.event(_CONNECTED, first_id)
         )
         self._sub = hub.subscribe(channel, Kind.SSE, transport.write, last_event_id, start=False)
         hub.resume(self._sub)  # replay only now: a full socket can pause a known subscription
@@ -89,6 +92,15 @@ class EventStream(asyncio.Protocol):
         """Called by the server's sweep; skipped while the socket is backed up."""
         if self._transport is not None and self._sub is not None and not self._sub.paused:
             self._transport.write(HEARTBEAT)
+
+    def check_expiry(self, wall_now: float) -> None:
+        """Called by the server's sweep: end the stream once its token has run out.
+
+        A clean end makes EventSource reconnect; with a fresh token it carries on from its
+        Last-Event-ID, with the stale one it gets 401 and stops.
+        """
+        if self._expires_at is not None and wall_now > self._expires_at:
+            self.shutdown()
 
     def data_received(self, data: bytes) -> None:
         # A client has nothing to send on an event stream; tolerate a little, then hang up.

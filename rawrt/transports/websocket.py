@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import (
@@ -31,8 +32,17 @@ from wsproto.events import (
 )
 
 from rawrt.edge import SocketHost
-from rawrt.errors import BackplaneUnavailable, BadMessage, HubFull, NotAttached, WebSocketClose
+from rawrt.errors import (
+    AccessDenied,
+    BackplaneUnavailable,
+    BadMessage,
+    HubFull,
+    NotAttached,
+    Unauthorized,
+    WebSocketClose,
+)
 from rawrt.hub import Kind, Subscription
+from rawrt.tokens import Grant
 from rawrt.wire import envelope, wsframe
 
 __all__ = ["ChannelSocket", "EchoSocket", "WebSocketSession"]
@@ -95,13 +105,29 @@ class WebSocketSession(asyncio.Protocol):
         self._closing = False
         self._write_paused = False
 
-    def start(self, pending: bytes) -> None:
-        """Called once the 101 response is written; `pending` came in with the upgrade."""
+    def start(
+        self, pending: bytes, grant: Grant | None = None, refused: Unauthorized | None = None
+    ) -> None:
+        """Called once the 101 response is written; `pending` came in with the upgrade.
+
+        `grant` is what the upgrade request's token allows; `refused` says its token was
+        invalid, and the socket is closed with 4401 before anything it sent is read.
+        """
         assert self._transport is not None
         self._transport.set_protocol(self)
         self._host.register_socket(self)
+        if refused is not None:
+            self.close(Unauthorized.CLOSE_CODE, refused.detail)
+            return
+        self.authorize(grant)
         if pending:
             self.data_received(pending)
+
+    def authorize(self, grant: Grant | None) -> None:
+        """Keep what a token allows; a session that serves no channels needs nothing of it."""
+
+    def check_expiry(self, wall_now: float) -> None:
+        """Called by the server's sweep (with tokens on); only a channel socket holds one."""
 
     # --- incoming --------------------------------------------------------------------------
 
@@ -239,11 +265,14 @@ class WebSocketSession(asyncio.Protocol):
 class ChannelSocket(WebSocketSession):
     """A WebSocket speaking rawrt's JSON protocol: subscribe, unsubscribe, publish, ping."""
 
-    __slots__ = ("_held", "_subs")
+    __slots__ = ("_grant", "_held", "_subs")
 
     def __init__(self, host: SocketHost, transport: asyncio.Transport) -> None:
         super().__init__(host, transport)
         self._subs: dict[str, Subscription] = {}
+        # What the socket's token allows (rawrt.access): each subscribe and publish is checked
+        # against it; the fan-out never looks at it. None: no token (yet).
+        self._grant: Grant | None = None
         # Messages that arrived while a subscribe waits for the backplane to attach its
         # channel; they are handled after it, in order. Reading is paused meanwhile, so this
         # holds at most what one read brought.
@@ -267,16 +296,62 @@ class ChannelSocket(WebSocketSession):
             self.send_text(envelope.error(str(exc), data="Server busy"))
 
     def _handle(self, command: envelope.ClientMessage) -> None:
+        access = self._host.access
         if isinstance(command, envelope.Subscribe):
-            self._subscribe(command.channel, command.since)
+            if self._allowed(access.check_subscribe, command.channel):
+                self._subscribe(command.channel, command.since)
         elif isinstance(command, envelope.Unsubscribe):
             self._unsubscribe(command.channel)
         elif isinstance(command, envelope.Publish):
-            result = self._host.publish_json(command.channel, command.data)
-            if not isinstance(result, str):
-                result.add_done_callback(self._published)
+            if self._allowed(access.check_publish, command.channel):
+                result = self._host.publish_json(command.channel, command.data)
+                if not isinstance(result, str):
+                    result.add_done_callback(self._published)
+        elif isinstance(command, envelope.Auth):
+            self._authenticate(command.token)
         else:
             self.send_text(envelope.pong(int(time.time() * 1000)))
+
+    def _allowed(self, check: Callable[[Grant | None, str], None], channel: str) -> bool:
+        """Ask the policy; a refusal is an error frame naming the channel, and no more."""
+        try:
+            check(self._grant, channel)
+        except AccessDenied as exc:
+            kind = "Unauthorized" if exc.status == 401 else "Forbidden"
+            self.send_text(envelope.error(exc.detail, data=kind, channel=channel))
+            return False
+        return True
+
+    # --- tokens ----------------------------------------------------------------------------
+
+    def authorize(self, grant: Grant | None) -> None:
+        self._grant = grant
+
+    def _authenticate(self, token: str | None) -> None:
+        """An `auth` frame: a valid token replaces the socket's grant; an invalid one closes."""
+        access = self._host.access
+        if not access.tokens_on:
+            raise BadMessage("this server takes no tokens")
+        try:
+            if token is None:
+                raise Unauthorized("an auth frame needs a token string", invalid_token=True)
+            grant = access.verify(token, time.time())
+        except Unauthorized as exc:
+            self.close(Unauthorized.CLOSE_CODE, exc.detail)
+            return
+        self._grant = grant
+        for channel in list(self._subs):  # a narrower refresh drops what it no longer covers
+            try:
+                access.check_subscribe(grant, channel)
+            except AccessDenied:
+                self._unsubscribe(channel)
+        self.send_text(envelope.authenticated(grant.sub, grant.exp))
+
+    def check_expiry(self, wall_now: float) -> None:
+        """Called by the server's sweep: a token that ran out without a refresh closes 4401."""
+        grant = self._grant
+        if grant is not None and self._host.access.expired(grant, wall_now):
+            self.close(Unauthorized.CLOSE_CODE, "the token has expired")
 
     def _subscribe(self, channel: str, since: str | None) -> None:
         hub = self._host.hub

@@ -6,6 +6,7 @@ Client to server, as WebSocket text frames:
     {"type": "unsubscribe", "channel": C}
     {"type": "publish",     "channel": C, "data": ANY}
     {"type": "ping"}
+    {"type": "auth",        "token": T}                  a token, first or to refresh one
 
 Server to client:
 
@@ -15,6 +16,8 @@ Server to client:
     {"type": "reset",      "channel": C, "id": ID}     the requested position is gone
     {"type": "pong",       "timestamp": MS}
     {"type": "error",      "data": "Invalid message format", "reason": TEXT}
+    {"type": "error",      "data": "Unauthorized"|"Forbidden", "reason": TEXT, "channel": C}
+    {"type": "authenticated", "sub": S, "exp": SECONDS}   an auth frame was accepted
 
 Message data is kept as canonical JSON text (compact, no raw control characters), produced
 once per publish. Everything that carries it (a WebSocket envelope, an SSE `data:` line, a
@@ -31,10 +34,12 @@ from rawrt.errors import BadMessage
 
 __all__ = [
     "INVALID_FORMAT",
+    "Auth",
     "Ping",
     "Publish",
     "Subscribe",
     "Unsubscribe",
+    "authenticated",
     "canonical_json",
     "error",
     "message",
@@ -72,7 +77,12 @@ class Ping:
     pass
 
 
-ClientMessage = Subscribe | Unsubscribe | Publish | Ping
+@dataclass(frozen=True, slots=True)
+class Auth:
+    token: str | None  # None when the frame holds no token string: an invalid auth frame
+
+
+ClientMessage = Subscribe | Unsubscribe | Publish | Ping | Auth
 
 
 def _reject_constant(name: str) -> Any:
@@ -112,6 +122,9 @@ def parse_client_message(text: str, max_channel_bytes: int) -> ClientMessage:
     kind = obj.get("type")
     if kind == "ping":
         return Ping()
+    if kind == "auth":
+        token = obj.get("token")
+        return Auth(token if isinstance(token, str) and token else None)
     channel = _channel(obj, max_channel_bytes)
     if kind == "subscribe":
         since = obj.get("since")
@@ -164,10 +177,16 @@ def pong(timestamp_ms: int) -> str:
     return f'{{"type":"pong","timestamp":{timestamp_ms}}}'
 
 
-def error(reason: str, data: str = INVALID_FORMAT) -> str:
-    return json.dumps(
-        {"type": "error", "data": data, "reason": reason}, separators=(",", ":"), ensure_ascii=False
-    )
+def error(reason: str, data: str = INVALID_FORMAT, channel: str | None = None) -> str:
+    value = {"type": "error", "data": data, "reason": reason}
+    if channel is not None:
+        value["channel"] = channel
+    return canonical_json(value)
+
+
+def authenticated(sub: str, exp: float) -> str:
+    exp_json = str(int(exp)) if exp == int(exp) else repr(exp)
+    return f'{{"type":"authenticated","sub":{_q(sub)},"exp":{exp_json}}}'
 
 
 def poll_body(data_items: list[bytes], cursor: str, reset: bool = False) -> bytes:

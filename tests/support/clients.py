@@ -235,10 +235,18 @@ class HttpClient:
 class PollClient(HttpClient):
     """A long poller on one channel: each poll resumes from the cursor the last one returned."""
 
-    def __init__(self, port: int, channel: str, *, method: str = "GET") -> None:
+    def __init__(
+        self,
+        port: int,
+        channel: str,
+        *,
+        method: str = "GET",
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> None:
         super().__init__(port)
         self.channel = channel
         self.method = method
+        self.headers = list(headers)  # sent with every poll (a token, an Origin)
         self.cursor: str | None = None
         self.resets = 0
 
@@ -253,7 +261,7 @@ class PollClient(HttpClient):
         if timeout is not None:
             params.append(f"timeout={timeout}")
         target = f"/api/poll/{self.channel}" + ("?" + "&".join(params) if params else "")
-        response = await self.send(self.method, target, timeout_s=bound_s)
+        response = await self.send(self.method, target, headers=self.headers, timeout_s=bound_s)
         assert response.status == 200, (response.status, response.body)
         body: dict[str, Any] = response.json()
         self.cursor = body["cursor"]
