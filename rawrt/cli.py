@@ -38,6 +38,17 @@ HELP = {
     "redis_url": "redis://HOST:PORT/DB: share channels with other nodes through Redis; "
     "several URLs, comma separated, spread the channels over several Redis (shards)",
     "workers": "processes sharing the port (needs --redis)",
+    "trusted_proxies": "addresses and CIDRs (comma-separated) of proxies whose X-Forwarded-For "
+    "and X-Real-IP are believed; empty trusts none",
+    "max_connections_per_ip": "connections one client address may hold open; past it 503 "
+    "(0 = no limit)",
+    "tls_cert": "PEM certificate chain file: serve https and wss (with --tls-key)",
+    "tls_key": "PEM private key file of --tls-cert (unencrypted)",
+    "tls_handshake_timeout_s": "seconds a peer has to complete the TLS handshake",
+    "max_client_messages_per_s": "messages per second a WebSocket client may send; over it an "
+    "error frame, a whole burst over closes with 1008 (0 = no limit)",
+    "max_client_message_burst": "messages a WebSocket client may send at once above "
+    "--max-client-messages-per-s",
 }
 # Short option names users expect; the long forms stay valid.
 ALIASES = {

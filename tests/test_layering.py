@@ -25,6 +25,7 @@ CORE = sorted(
         PACKAGE / "hub.py",
         PACKAGE / "config.py",
         PACKAGE / "errors.py",
+        PACKAGE / "netpolicy.py",
     ]
     + [p for p in (PACKAGE / "wire").glob("*.py")]
 )
