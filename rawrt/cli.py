@@ -136,6 +136,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if config.workers > 1 and WORKER_ENV not in os.environ:
         return supervise(config, args)
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(_serve(config))
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(_serve(config))
+    except ConfigError as exc:  # found at start: a TLS file that cannot be used
+        print(f"rawrt: {exc}", file=sys.stderr)
+        return 2
     return 0

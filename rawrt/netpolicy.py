@@ -161,6 +161,11 @@ class ConnectionsPerIp:
         self._counts[address] = held + 1
         return True
 
+    def add(self, address: str) -> None:
+        """Count a connection that changed hands (its count was released a moment ago), so
+        it may not be refused now; the table stays bounded by the open connections."""
+        self._counts[address] = self._counts.get(address, 0) + 1
+
     def release(self, address: str) -> None:
         held = self._counts.get(address, 0)
         if held > 1:

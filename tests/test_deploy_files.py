@@ -3,9 +3,10 @@
 nginx.conf is parsed into directives and checked against rawrt's own defaults (timeouts above
 its quiet periods, no buffering for SSE, the sticky hash), then checked by `nginx -t` where
 nginx is installed; nginx-tls.conf must be the same front plus its TLS lines, and passes
-`nginx -t` with a certificate made at test time. The Kubernetes manifests are parsed as YAML (PyYAML) and their fields
-checked against each other, the Dockerfile and rawrt's Config: nothing here needs Docker or a
-cluster. local-cluster.sh is checked for syntax and for refusing to touch what it did not make.
+`nginx -t` with a certificate made at test time. The Kubernetes manifests are parsed as YAML
+(PyYAML) and their fields checked against each other, the Dockerfile and rawrt's Config:
+nothing here needs Docker or a cluster. local-cluster.sh is checked for syntax and for
+refusing to touch what it did not make.
 """
 
 from __future__ import annotations

@@ -115,6 +115,14 @@ def test_per_ip_counter_refuses_past_the_limit_and_forgets_released_addresses() 
     assert len(counter) == 0
 
 
+def test_a_connection_changing_hands_is_counted_without_a_check() -> None:
+    counter = ConnectionsPerIp(limit=1, max_tracked=10)
+    assert counter.acquire("a")
+    counter.release("a")  # the HTTP side lets the socket go ...
+    counter.add("a")  # ... and the transport taking it over counts it again
+    assert counter.count("a") == 1 and not counter.acquire("a")
+
+
 def test_per_ip_counter_never_tracks_more_addresses_than_its_bound() -> None:
     counter = ConnectionsPerIp(limit=0, max_tracked=3)
     assert all(counter.acquire(f"10.0.0.{n}") for n in range(3))
