@@ -88,7 +88,7 @@ class Router:
         accept = handshake.check_upgrade(request.method, request.http_version, request.headers)
         transport, pending = conn.take_over()
         transport.write(handshake.switching_protocols(accept))
-        kind(self._host, transport).start(pending)
+        kind(self._host, transport, request.client).start(pending)
         return None
 
     def _broadcast(self, request: Request, conn: Exchange, channel: str) -> AnyReply:
@@ -134,14 +134,14 @@ class Router:
         return self._when_attached(
             channel,
             last_id,
-            lambda: self._open_stream(conn, channel, last_id),
+            lambda: self._open_stream(conn, channel, last_id, request.client),
             self._sse_unavailable,
         )
 
-    def _open_stream(self, conn: Exchange, channel: str, last_id: str | None) -> Reply:
+    def _open_stream(self, conn: Exchange, channel: str, last_id: str | None, client: str) -> Reply:
         self._host.hub.head_id(channel)  # raises HubFull before the socket changes hands
         transport, _ = conn.take_over()
-        EventStream(self._host, transport).open(channel, last_id)
+        EventStream(self._host, transport, client).open(channel, last_id)
         return None
 
     def _sse_unavailable(self, exc: Exception) -> bytes:
@@ -169,7 +169,9 @@ class Router:
         if isinstance(ready, PollAnswer):
             return poll_response(self._host.cors_headers, ready, request.keep_alive)
         transport, pending = conn.take_over()
-        ParkedPoll(self._host, transport, channel, request.keep_alive).park(pending, timeout_s)
+        ParkedPoll(self._host, transport, channel, request.keep_alive, request.client).park(
+            pending, timeout_s
+        )
         return None
 
     def _when_attached(

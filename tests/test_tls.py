@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import ssl
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,6 +59,18 @@ def test_a_file_that_is_not_pem_is_refused(tmp_path: Path) -> None:
     junk.write_text("not a certificate\n")
     with pytest.raises(ConfigError, match="not a PEM"):
         server_context(str(junk), str(cert.key))
+
+
+def test_the_command_refuses_an_unusable_certificate_before_listening(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAWRT_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "rawrt", "--port", "0", "--tls-cert", str(tmp_path / "no.crt"),
+         "--tls-key", str(tmp_path / "no.key")],
+        capture_output=True, text=True, timeout=30, env=env, stdin=subprocess.DEVNULL, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "tls_cert: cannot read" in done.stderr and "listening" not in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_an_encrypted_key_is_refused_without_prompting(tmp_path: Path) -> None:

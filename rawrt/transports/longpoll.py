@@ -42,12 +42,19 @@ class ParkedPoll(asyncio.Protocol):
         "_pending",
         "_timer",
         "_transport",
+        "client",
     )
 
     def __init__(
-        self, host: PollHost, transport: asyncio.Transport, channel: str, keep_alive: bool
+        self,
+        host: PollHost,
+        transport: asyncio.Transport,
+        channel: str,
+        keep_alive: bool,
+        client: str,
     ) -> None:
         self._host = host
+        self.client = client  # the address it counts for (rawrt.edge.Session)
         self._transport: asyncio.Transport | None = transport
         self._channel = channel
         self._keep_alive = keep_alive
