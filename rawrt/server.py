@@ -112,6 +112,11 @@ class Server:
             ssl_handshake_timeout=c.tls_handshake_timeout_s if tls else None,
         )
         self._scheme = "https" if tls else "http"
+        if tls and not type(loop).__module__.startswith("uvloop"):
+            log.warning(
+                "serving TLS on the stock asyncio loop, whose TLS layer holds a 256 KiB read "
+                "buffer per connection; uvloop's does not (pip install 'rawrt[fast]')"
+            )
         self._port = int(self._listener.sockets[0].getsockname()[1])
         self._next_heartbeat = loop.time() + self.config.sse_heartbeat_s
         self._schedule_sweep()

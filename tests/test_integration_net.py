@@ -231,9 +231,15 @@ async def tls_server(start_server: StartServer, cert: Cert, **overrides: Any) ->
 
 
 async def test_https_and_wss_with_rawrts_own_certificate(
-    start_server: StartServer, cert: Cert, stack: contextlib.AsyncExitStack
+    start_server: StartServer,
+    cert: Cert,
+    stack: contextlib.AsyncExitStack,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     server = await tls_server(start_server, cert)
+    # On the stock loop, the start warns of asyncio's 256 KiB TLS buffer per connection.
+    stock = not type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+    assert any("256 KiB" in r.getMessage() for r in caplog.records) == stock
     tls = cert.client_context()
     assert server.url == f"https://{HOST}:{server.port}"
     async with asyncio.timeout(TIMEOUT_S):
