@@ -402,6 +402,27 @@ async def unasked_or_served(port: int, source: str) -> int:
     return status
 
 
+async def test_a_parked_poll_counts_as_a_connection_of_its_address(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(max_connections_per_ip=1)
+    async with asyncio.timeout(TIMEOUT_S):
+        reader, writer = await _open(server.port, "127.0.0.6", None)
+        # Admitted (it is answered), then the same connection parks a poll.
+        writer.write(_head("GET", "/healthz", server.port, [], b""))
+        assert (await read_response(reader)).status == 200
+        writer.write(_head("GET", "/api/poll/poll-cap?timeout=5", server.port, [], b""))
+    # Held as an HTTP connection or as a parked poll, it is the address's one connection;
+    # probes spread over a quarter second see both states.
+    for _ in range(5):
+        assert (await unasked(server.port, "127.0.0.6")).status == 503
+        await asyncio.sleep(0.05)
+    await publish(server.port, "poll-cap", "woken")
+    answer = await asyncio.wait_for(read_response(reader), TIMEOUT_S)
+    assert answer.status == 200 and answer.json()["messages"] == ["woken"]
+    writer.close()
+
+
 # --- X-Forwarded-For from trusted proxies only -------------------------------------------------
 
 
