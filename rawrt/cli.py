@@ -59,6 +59,17 @@ HELP = {
     "allowed_origins": "web origins whose pages may open a WebSocket and get CORS answers: * "
     "for any page (without credentials), a comma-separated list (https://*.example.com for "
     "subdomains), or empty for none; tokens need a list",
+    "trusted_proxies": "addresses and CIDRs (comma-separated) of proxies whose X-Forwarded-For "
+    "and X-Real-IP are believed; empty trusts none",
+    "max_connections_per_ip": "connections one client address may hold open; past it 503 "
+    "(0 = no limit)",
+    "tls_cert": "PEM certificate chain file: serve https and wss (with --tls-key)",
+    "tls_key": "PEM private key file of --tls-cert (unencrypted)",
+    "tls_handshake_timeout_s": "seconds a peer has to complete the TLS handshake",
+    "max_client_messages_per_s": "messages per second a WebSocket client may send; over it an "
+    "error frame, a whole burst over closes with 1008 (0 = no limit)",
+    "max_client_message_burst": "messages a WebSocket client may send at once above "
+    "--max-client-messages-per-s",
 }
 # Short option names users expect; the long forms stay valid.
 ALIASES = {
@@ -209,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(_serve(config))
-    except ConfigError as exc:  # found at start: a public key file that cannot be used
+    except ConfigError as exc:  # found at start: a key, certificate or TLS file unusable
         print(f"rawrt: {exc}", file=sys.stderr)
         return 2
     return 0

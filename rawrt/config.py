@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from rawrt import access
 from rawrt.errors import ConfigError
+from rawrt.netpolicy import TrustedProxies
 
 __all__ = ["Config", "ConfigError", "redis_address", "redis_urls"]
 
@@ -54,6 +55,21 @@ class Config:
     # (no credentials), a comma-separated list (`https://*.example.com` for subdomains), or
     # empty for none. Tokens need a list: a browser sends the token cookie from any page.
     allowed_origins: str = "*"
+    # --- listening, behind a proxy or not -----------------------------------------------
+    # Peers whose X-Forwarded-For / X-Real-IP are believed: addresses and CIDRs separated by
+    # commas (a front proxy, a load balancer's subnet). Empty: every TCP peer is the client.
+    # The client address that results is the one logs and the per-address limit use.
+    trusted_proxies: str = ""
+    # Connections one client address may hold open at once (0: no limit), so one host cannot
+    # take every slot of max_connections; the next one gets the answer of the global cap.
+    max_connections_per_ip: int = 0
+    # PEM files for serving https and wss directly (both or neither): the certificate chain,
+    # leaf first, and its unencrypted private key. Empty: plain HTTP (TLS ends at a proxy).
+    tls_cert: str = ""
+    tls_key: str = ""
+    # Seconds a peer has to complete the TLS handshake; one that opens TCP and stalls holds a
+    # socket and a file until then (asyncio's own default is 60 s).
+    tls_handshake_timeout_s: float = 10.0
 
     # --- channels and history ----------------------------------------------------------------
     # Messages kept per channel for resume (SSE Last-Event-ID, poll cursors, WS "since").
@@ -84,6 +100,13 @@ class Config:
     # Bytes a client may send while its request is parked or its stream is open (pipelining);
     # more and the connection is closed: nothing legitimate needs more.
     max_pending_input_bytes: int = 64 * KIB
+    # Messages per second each WebSocket client may send, sustained (a token bucket; 0: no
+    # limit). A message over it gets an error frame; a client a whole burst over is closed
+    # with 1008. Every message costs parsing and maybe a publish to every subscriber.
+    max_client_messages_per_s: float = 0.0
+    # ... and how many it may send at once above that rate (the bucket's size), enough for a
+    # client that subscribes to all its channels on connect (max_subscriptions is 256).
+    max_client_message_burst: int = 300
 
     # --- timing ------------------------------------------------------------------------------
     # Server pings every WebSocket this often ...
@@ -173,6 +196,8 @@ def _problems(c: Config) -> list[str]:
         "workers",
         "redis_timeout_s",
         "max_pending_publishes",
+        "tls_handshake_timeout_s",
+        "max_client_message_burst",
     )
     for name in positive:
         value = getattr(c, name)
@@ -184,13 +209,21 @@ def _problems(c: Config) -> list[str]:
         found.append("write_low_water must be at least 0 and below write_high_water")
     if c.poll_timeout_s > c.poll_max_timeout_s:
         found.append("poll_timeout_s must not exceed poll_max_timeout_s")
-    for name in ("redis_linger_s", "redis_history_ttl_s", "shutdown_timeout_s", "sse_retry_ms"):
+    for name in (
+        "redis_linger_s",
+        "redis_history_ttl_s",
+        "shutdown_timeout_s",
+        "sse_retry_ms",
+        "max_connections_per_ip",
+        "max_client_messages_per_s",
+    ):
         if not getattr(c, name) >= 0:  # NaN fails too
             found.append(f"{name} must not be negative, not {getattr(c, name)!r}")
     if c.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         found.append(f"log_level must be debug, info, warning, error or critical: {c.log_level!r}")
     if c.echo_path is not None and not c.echo_path.startswith("/"):
         found.append("echo_path must start with '/'")
+    found.extend(_network_problems(c))
     if c.workers > 1 and not c.redis_url:
         found.append("workers > 1 needs redis_url: processes share channels through Redis")
     if c.redis_url:  # "" (an empty environment variable) means no Redis, as None does
@@ -244,4 +277,16 @@ def _redis_url_problems(text: str) -> list[str]:
         if address in addresses:
             found.append(f"redis_url lists the Redis at {address} twice")
         addresses.add(address)
+    return found
+
+
+def _network_problems(c: Config) -> list[str]:
+    """Trusted proxies that do not parse; TLS files given one without the other."""
+    found: list[str] = []
+    try:
+        TrustedProxies.parse(c.trusted_proxies)
+    except ConfigError as exc:
+        found.append(str(exc))
+    if bool(c.tls_cert) != bool(c.tls_key):
+        found.append("tls_cert and tls_key go together: give both files, or neither")
     return found

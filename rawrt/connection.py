@@ -12,6 +12,12 @@ request at a time.
 
 All it uses of the server is an `HttpHost` (rawrt.edge): it knows no transport and no
 `Server`, and runs with a fake host in a test.
+
+Who the client is: the TCP peer, unless the peer is a trusted proxy. Then the client is known
+only once a request head arrives (rawrt.netpolicy reads its X-Forwarded-For), so such a
+connection counts for nobody at accept, for the request's client from its head until its
+response is written (or, when a transport takes the socket over, until it closes), and for
+nobody again between requests: a proxy's pooled idle connections hold no one's allowance.
 """
 
 from __future__ import annotations
@@ -33,6 +39,9 @@ __all__ = ["HttpConnection", "Reply", "Request"]
 
 log = logging.getLogger("rawrt")
 
+# The answer at the connection cap, global or per client address: the same 503 and close.
+AT_CAPACITY = "server is at its connection limit"
+
 
 class HttpConnection(asyncio.Protocol):
     """One TCP connection while it speaks plain HTTP/1.1."""
@@ -42,11 +51,14 @@ class HttpConnection(asyncio.Protocol):
         "_body_bytes",
         "_host",
         "_parser",
+        "_peer",
+        "_proxied",
         "_receiving",
         "_request",
         "_timer",
         "_transport",
         "_waiting",
+        "client",
     )
 
     def __init__(self, host: HttpHost) -> None:
@@ -59,6 +71,9 @@ class HttpConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._receiving = False  # a request has begun to arrive: its deadline runs
         self._waiting: asyncio.Future[Reply] | None = None  # an answer being worked out
+        self._peer = ""  # the TCP peer's address
+        self._proxied = False  # the peer is a trusted proxy: each request names its client
+        self.client = ""  # the address this connection counts for (see the docstring)
 
     def _new_parser(self, trailing: bytes) -> h11.Connection:
         parser = h11.Connection(
@@ -76,8 +91,9 @@ class HttpConnection(asyncio.Protocol):
         self._transport = transport
         config = self._host.config
         transport.set_write_buffer_limits(config.write_high_water, config.write_low_water)
+        self._identify(transport)
         if not self._host.admit(self):
-            transport.write(http.error_response(503, "server is at its connection limit"))
+            transport.write(http.error_response(503, AT_CAPACITY))
             transport.close()
             self._transport = None
             return
@@ -87,12 +103,19 @@ class HttpConnection(asyncio.Protocol):
         """Take over a kept-alive connection from a finished long poll."""
         self._transport = transport
         transport.set_protocol(self)
+        self._identify(transport)
         self._host.register(self)
         self._wait_for_request()
         if pending:
             self._parser = self._new_parser(pending)
             self._begin_receiving()
             asyncio.get_running_loop().call_soon(self._process)
+
+    def _identify(self, transport: asyncio.Transport) -> None:
+        peer = transport.get_extra_info("peername")
+        self._peer = str(peer[0]) if peer else ""
+        self._proxied = self._host.trusted_proxies.trusts_peer(self._peer)
+        self.client = "" if self._proxied else self._peer
 
     def data_received(self, data: bytes) -> None:
         if self._transport is None:
@@ -143,7 +166,7 @@ class HttpConnection(asyncio.Protocol):
                 self._refuse(exc)
                 return
             except Exception:
-                log.exception("bug while serving a request (connection %x)", id(self))
+                log.exception("bug while serving a request from %s (%x)", self.client, id(self))
                 self._refuse(HttpError(500, "internal error"))
                 return
 
@@ -166,11 +189,23 @@ class HttpConnection(asyncio.Protocol):
         self._body = []
         self._body_bytes = 0
         _check_head(event.target, headers, self._host.config)
+        if self._proxied:
+            self._forwarded(headers)
         length = _content_length(headers)
         if length is not None and length > self._host.config.max_body_bytes:
             raise self._too_large()
         if self._parser.they_are_waiting_for_100_continue and self._transport is not None:
             self._transport.write(http.CONTINUE)
+
+    def _forwarded(self, headers: Headers) -> None:
+        """A request through a trusted proxy: count it for the client the proxy names."""
+        forwarded = [value for name, value in headers if name == b"x-forwarded-for"]
+        real_ip = next((value for name, value in headers if name == b"x-real-ip"), None)
+        client = self._host.trusted_proxies.client_address(self._peer, forwarded, real_ip)
+        if not self._host.reclaim(self, client):
+            self.client = ""
+            raise HttpError(503, AT_CAPACITY)
+        self.client = client
 
     def _add_body(self, data: bytes) -> None:
         self._body.append(data)
@@ -186,7 +221,7 @@ class HttpConnection(asyncio.Protocol):
         assert started is not None
         self._receiving = False
         self._cancel_timer()
-        request = _request_of(*started, b"".join(self._body))
+        request = _request_of(*started, b"".join(self._body), self.client)
         self._body = []
         if self._host.stopping:
             # This connection closes after its answer (send() sees to that); RFC 9112 §9.6:
@@ -224,7 +259,7 @@ class HttpConnection(asyncio.Protocol):
         except HttpError as exc:
             reply = self._error_reply(exc, request)
         except Exception:
-            log.exception("bug while serving a request (connection %x)", id(self))
+            log.exception("bug while serving a request from %s (%x)", self.client, id(self))
             reply = self._error_reply(HttpError(500, "internal error"), request)
         if reply is not None:
             self.send(_for_method(reply, request), request.keep_alive)
@@ -240,6 +275,9 @@ class HttpConnection(asyncio.Protocol):
             transport.close()
             self._transport = None
             return
+        if self._proxied and self.client:
+            self.client = ""  # the proxy's next request may be anyone's
+            self._host.reclaim(self, "")
         trailing = self._parser.trailing_data[0]
         self._parser = self._new_parser(trailing)
         if trailing:
@@ -323,7 +361,7 @@ def _content_length(headers: Headers) -> int | None:
     return None
 
 
-def _request_of(event: h11.Request, headers: Headers, body: bytes) -> Request:
+def _request_of(event: h11.Request, headers: Headers, body: bytes, client: str) -> Request:
     path, query = http.split_target(event.target)
     connection = {
         t.strip().lower() for k, v in headers if k == b"connection" for t in v.split(b",")
@@ -338,6 +376,7 @@ def _request_of(event: h11.Request, headers: Headers, body: bytes) -> Request:
         query,
         body,
         keep_alive,
+        client,
     )
 
 

@@ -9,16 +9,18 @@ cannot reach what it was not given, and a test can drive any of them with a fake
 few lines. `Server` implements every protocol; mypy checks that where the server hands itself
 to the router and to each `HttpConnection`.
 
-    HttpHost      the HTTP driver: config, stopping, CORS headers, the router, the registry
+    HttpHost      the HTTP driver: config, stopping, CORS headers, the router, the registry,
+                  the trusted proxies, and `reclaim` to count a proxied request for its client
     SocketHost    a WebSocket: config, clock, hub, the access policy, attach, publish, the
                   registry
     StreamHost    an event stream: config, hub, the registry
     PollHost      a parked long poll: the hub, and an HttpHost to hand a kept-alive socket back
     RouterHost    the router: all of the above (it starts every transport) and readiness
 
-The registry side is `Session` (what shutdown needs of any open connection), with
-`PingedSession` and `StreamSession` for the two kinds the server's sweep visits (for pings
-and heartbeats, and, with tokens on, to end those whose token has expired).
+The registry side is `Session` (what shutdown needs of any open connection, and the client
+address it counts for), with `PingedSession` and `StreamSession` for the two kinds the
+server's sweep visits (for pings and heartbeats, and, with tokens on, to end those whose token
+has expired).
 
 A protocol is only typing: reading `host.hub` costs what reading `server.hub` did.
 
@@ -36,6 +38,7 @@ from typing import Protocol
 from rawrt.access import AccessPolicy
 from rawrt.config import Config
 from rawrt.hub import Hub
+from rawrt.netpolicy import TrustedProxies
 
 __all__ = [
     "AnyReply",
@@ -77,6 +80,8 @@ class Request:
     query: dict[str, str]
     body: bytes
     keep_alive: bool
+    # The client's address: the TCP peer, or what a trusted proxy forwarded (rawrt.netpolicy).
+    client: str = ""
 
     def header(self, name: bytes) -> bytes | None:
         for key, value in self.headers:
@@ -106,7 +111,12 @@ class Resolver(Protocol):
 
 
 class Session(Protocol):
-    """An open connection as the registry holds it: what stopping the server needs."""
+    """An open connection as the registry holds it: what stopping the server needs, and
+    whom it serves (the address it counts against with --max-connections-per-ip; "" for
+    nobody yet: a trusted proxy's connection between two requests)."""
+
+    @property
+    def client(self) -> str: ...
 
     def shutdown(self) -> None:
         """Say goodbye (close when idle, after the answer when busy)."""
@@ -147,8 +157,16 @@ class HttpHost(Protocol):
 
     @property
     def router(self) -> Resolver: ...
+    @property
+    def trusted_proxies(self) -> TrustedProxies: ...
     def admit(self, conn: Session) -> bool:
-        """Register a new connection, unless the server is full or stopping."""
+        """Register a new connection, unless the server (or its client's allowance) is
+        full, or the server is stopping."""
+        ...
+
+    def reclaim(self, conn: Session, client: str) -> bool:
+        """Count `conn` for `client` from now on (a request through a trusted proxy names
+        its client); False, and counted for nobody, when that client is at its limit."""
         ...
 
     def register(self, conn: Session) -> None: ...

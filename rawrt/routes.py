@@ -112,7 +112,7 @@ class Router:
             refused = exc
         transport, pending = conn.take_over()
         transport.write(handshake.switching_protocols(accept))
-        kind(self._host, transport).start(pending, grant, refused)
+        kind(self._host, transport, request.client).start(pending, grant, refused)
         return None
 
     def _broadcast(self, request: Request, conn: Exchange, channel: str) -> AnyReply:
@@ -163,7 +163,7 @@ class Router:
         return self._when_attached(
             channel,
             last_id,
-            lambda: self._open_stream(conn, channel, last_id, cors, expires_at),
+            lambda: self._open_stream(conn, channel, last_id, cors, expires_at, request.client),
             # NOTES: any status but 200 stops EventSource for good. A 200 that ends at once
             # makes it reconnect after `retry`, which a client should do while we cannot serve.
             lambda exc: stream_unavailable(cors, str(exc)),
@@ -176,10 +176,11 @@ class Router:
         last_id: str | None,
         cors: CorsHeaders,
         expires_at: float | None,
+        client: str,
     ) -> Reply:
         self._host.hub.head_id(channel)  # raises HubFull before the socket changes hands
         transport, _ = conn.take_over()
-        EventStream(self._host, transport, expires_at).open(channel, last_id, cors)
+        EventStream(self._host, transport, client, expires_at).open(channel, last_id, cors)
         return None
 
     def _poll(self, request: Request, conn: Exchange, channel: str) -> AnyReply:
@@ -206,7 +207,9 @@ class Router:
         if isinstance(ready, PollAnswer):
             return poll_response(cors, ready, request.keep_alive)
         transport, pending = conn.take_over()
-        parked = ParkedPoll(self._host, transport, channel, request.keep_alive, cors)
+        parked = ParkedPoll(
+            self._host, transport, channel, request.keep_alive, cors, request.client
+        )
         parked.park(pending, timeout_s)
         return None
 

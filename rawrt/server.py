@@ -17,6 +17,14 @@ the router asks it once per request or subscribe, never per message.
 
 The HTTP driver, the router and the transports see the server only through the protocols of
 rawrt.edge (`Server` implements them all), so this module is the only one that knows it.
+
+With `tls_cert`/`tls_key` the listener serves TLS itself: the context is built once in
+`start()` (rawrt.tls), and asyncio closes a peer that has not finished its handshake within
+`tls_handshake_timeout_s`. The registry maps every open connection to the client address it
+counts for, which is how `max_connections_per_ip` is kept (rawrt.netpolicy): a connection is
+counted at accept when its peer is the client, when a request names its client when the peer
+is a trusted proxy (`reclaim`), and carried over, uncounted-then-recounted in one step, when a
+transport takes its socket over (`forget`, then `register`).
 """
 
 from __future__ import annotations
@@ -33,7 +41,9 @@ from rawrt.connection import HttpConnection
 from rawrt.edge import CorsHeaders, PingedSession, RequestHeaders, Session, StreamSession
 from rawrt.errors import ConfigError
 from rawrt.hub import Hub
+from rawrt.netpolicy import ConnectionsPerIp, TrustedProxies
 from rawrt.routes import Router
+from rawrt.tls import server_context
 from rawrt.wire import envelope
 from rawrt.wire.ids import to_base36
 
@@ -60,7 +70,13 @@ class Server:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: asyncio.Server | None = None
         self._port: int | None = None  # kept after stop(): the listener's sockets are gone
-        self._connections: set[Session] = set()
+        self._scheme = "http"
+        # Every open connection, and the client address it counts for ("" for none).
+        self._connections: dict[Session, str] = {}
+        self.trusted_proxies = TrustedProxies.parse(self.config.trusted_proxies)
+        self._per_ip = ConnectionsPerIp(
+            self.config.max_connections_per_ip, max_tracked=self.config.max_connections
+        )
         # The two kinds the sweep visits, keyed as the registry knows every connection, so
         # that forget() needs no test of what it is given.
         self._sockets: dict[Session, PingedSession] = {}
@@ -75,6 +91,7 @@ class Server:
     async def start(self) -> None:
         """Bind and start serving; `port` and `url` are known when this returns."""
         loop = self._loop = asyncio.get_running_loop()
+        c = self.config
         # Six base-36 digits, fixed width, so that epochs of different runs never collide.
         run_id = to_base36(secrets.randbits(31)).rjust(6, "0")
         self.hub = Hub(
@@ -84,14 +101,25 @@ class Server:
             assigns_ids=self.backplane.assigns_ids_locally,
             on_evict=self.backplane.on_evict,
         )
+        # Built once, here: an unreadable or mismatched file is a ConfigError before binding.
+        tls = server_context(c.tls_cert, c.tls_key) if c.tls_cert else None
         await self.backplane.start(self.hub)
         self._listener = await loop.create_server(
             lambda: HttpConnection(self),
-            self.config.host,
-            self.config.port,
-            reuse_port=self.config.workers > 1 or None,
+            c.host,
+            c.port,
+            reuse_port=c.workers > 1 or None,
             backlog=4096,
+            ssl=tls,
+            # A peer that opens TCP and never finishes the handshake is closed after this.
+            ssl_handshake_timeout=c.tls_handshake_timeout_s if tls else None,
         )
+        self._scheme = "https" if tls else "http"
+        if tls and not type(loop).__module__.startswith("uvloop"):
+            log.warning(
+                "serving TLS on the stock asyncio loop, whose TLS layer holds a 256 KiB read "
+                "buffer per connection; uvloop's does not (pip install 'rawrt[fast]')"
+            )
         self._port = int(self._listener.sockets[0].getsockname()[1])
         self._next_heartbeat = loop.time() + self.config.sse_heartbeat_s
         self._schedule_sweep()
@@ -141,7 +169,7 @@ class Server:
         host = self.config.host
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        return f"{self._scheme}://{host}:{self.port}"
 
     @property
     def ready(self) -> bool:
@@ -170,15 +198,35 @@ class Server:
     # --- the registry of open connections --------------------------------------------------
 
     def admit(self, conn: Session) -> bool:
-        """Register a new connection, unless the server is full or stopping."""
+        """Register a new connection, unless the server is stopping, or full, or its client
+        holds all it may (both caps get the same answer from the caller)."""
         if self.stopping or len(self._connections) >= self.config.max_connections:
             return False
-        self._connections.add(conn)
+        if not self._count(conn.client):
+            return False
+        self._connections[conn] = conn.client
         return True
 
+    def reclaim(self, conn: Session, client: str) -> bool:
+        """Count `conn` for `client` now (a request through a trusted proxy named it)."""
+        held = self._connections.get(conn)
+        if held is None or held == client:
+            return True
+        self._uncount(held)
+        counted = self._count(client)
+        self._connections[conn] = client if counted else ""
+        return counted
+
     def register(self, conn: Session) -> None:
-        """A connection the server must say goodbye to when it stops (a parked poll, ...)."""
-        self._connections.add(conn)
+        """A connection the server must say goodbye to when it stops (a parked poll, ...).
+
+        It is a socket changing hands (its last owner forgot it a moment ago), so it counts
+        for its client without a check: refusing it now would cut a request already served.
+        """
+        self._uncount(self._connections.get(conn, ""))
+        self._connections[conn] = conn.client
+        if conn.client and self.config.max_connections_per_ip:
+            self._per_ip.add(conn.client)
         if self.stopping:
             # A request that was still arriving when stop() said its goodbyes can hand its
             # socket to a transport afterwards (a parked poll, an event stream, a WebSocket).
@@ -198,7 +246,7 @@ class Server:
         self.register(stream)
 
     def forget(self, conn: Session) -> None:
-        self._connections.discard(conn)
+        self._uncount(self._connections.pop(conn, ""))
         self._sockets.pop(conn, None)
         self._streams.pop(conn, None)
         if self._drained is not None and not self._connections:
@@ -206,6 +254,19 @@ class Server:
 
     def cors_for(self, headers: RequestHeaders) -> CorsHeaders:
         return self.access.cors_headers(headers)
+
+    def _count(self, client: str) -> bool:
+        limit = self.config.max_connections_per_ip
+        if not client or not limit or self._per_ip.acquire(client):
+            return True
+        log.info(
+            "refused a connection from %s: it holds %d (max_connections_per_ip)", client, limit
+        )
+        return False
+
+    def _uncount(self, client: str) -> None:
+        if client and self.config.max_connections_per_ip:
+            self._per_ip.release(client)
 
     def clock(self) -> float:
         """The loop's monotonic time, which every deadline uses."""

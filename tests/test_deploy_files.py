@@ -2,13 +2,16 @@
 
 nginx.conf is parsed into directives and checked against rawrt's own defaults (timeouts above
 its quiet periods, no buffering for SSE, the sticky hash), then checked by `nginx -t` where
-nginx is installed. The Kubernetes manifests are parsed as YAML (PyYAML) and their fields
-checked against each other, the Dockerfile and rawrt's Config: nothing here needs Docker or a
-cluster. local-cluster.sh is checked for syntax and for refusing to touch what it did not make.
+nginx is installed; nginx-tls.conf must be the same front plus its TLS lines, and passes
+`nginx -t` with a certificate made at test time. The Kubernetes manifests are parsed as YAML
+(PyYAML) and their fields checked against each other, the Dockerfile and rawrt's Config:
+nothing here needs Docker or a cluster. local-cluster.sh is checked for syntax and for
+refusing to touch what it did not make.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -19,7 +22,9 @@ from typing import Any
 
 import pytest
 import yaml
+from support.certs import Cert, make_cert
 
+from rawrt.cli import parse_config
 from rawrt.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,12 +81,16 @@ def parse_nginx(text: str) -> Directive:
     return root
 
 
-def render(text: str, nginx_dir: str, listen: str = "127.0.0.1:8080") -> str:
+def render(
+    text: str, nginx_dir: str, listen: str = "127.0.0.1:8080", tls: Cert | None = None
+) -> str:
     values = {
         "NGINX_LISTEN": listen,
         "NGINX_DIR": nginx_dir,
         "RAWRT_SERVERS": "server 127.0.0.1:8001;\n        server 127.0.0.1:8002;",
         "RAWRT_UPSTREAM": "rawrt_sticky",
+        "TLS_CERT": str(tls.cert) if tls else "/etc/ssl/rawrt/fullchain.pem",
+        "TLS_KEY": str(tls.key) if tls else "/etc/ssl/rawrt/privkey.pem",
     }
     for name, value in values.items():
         text = text.replace("${" + name + "}", value)
@@ -180,7 +189,7 @@ def test_timeouts_outlast_rawrt_quiet_periods(conf: Directive) -> None:
     assert sse.value("proxy_buffering") == "off"
 
 
-def test_nginx_accepts_the_rendered_config(template: str, tmp_path: Path) -> None:
+def _nginx() -> str:
     nginx = shutil.which("nginx") or next(
         (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
     )
@@ -188,10 +197,12 @@ def test_nginx_accepts_the_rendered_config(template: str, tmp_path: Path) -> Non
         if os.environ.get("RAWRT_REQUIRE_NGINX") == "1":
             pytest.fail("nginx is not installed, and RAWRT_REQUIRE_NGINX=1")
         pytest.skip("nginx is not installed")
-    (tmp_path / "logs").mkdir()
-    (tmp_path / "tmp").mkdir()
+    return nginx
+
+
+def _nginx_t(nginx: str, text: str, tmp_path: Path) -> None:
     conf_file = tmp_path / "nginx.conf"
-    conf_file.write_text(render(template, str(tmp_path)))
+    conf_file.write_text(text)
     done = subprocess.run(
         [nginx, "-t", "-p", str(tmp_path), "-c", str(conf_file), "-e", str(tmp_path / "err.log")],
         capture_output=True,
@@ -200,6 +211,83 @@ def test_nginx_accepts_the_rendered_config(template: str, tmp_path: Path) -> Non
         check=False,
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_nginx_accepts_the_rendered_config(template: str, tmp_path: Path) -> None:
+    nginx = _nginx()
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "tmp").mkdir()
+    _nginx_t(nginx, render(template, str(tmp_path)), tmp_path)
+
+
+# --- nginx-tls.conf: the same front, terminating TLS ------------------------------------------
+
+TLS_DIRECTIVES = {"ssl_certificate", "ssl_certificate_key", "ssl_protocols", "ssl_session_cache",
+                  "ssl_session_timeout", "add_header"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tls_template() -> str:
+    return (DEPLOY / "nginx-tls.conf").read_text()
+
+
+@pytest.fixture(scope="module")
+def tls_conf(tls_template: str) -> Directive:
+    return parse_nginx(render(tls_template, "/var/lib/nginx-rawrt"))
+
+
+def test_tls_template_placeholders(tls_template: str) -> None:
+    found = set(re.findall(r"\$\{([A-Za-z_]+)\}", tls_template))
+    assert found == PLACEHOLDERS | {"TLS_CERT", "TLS_KEY"}
+    for line in tls_template.splitlines():
+        if line.lstrip().startswith("#"):
+            assert "${" not in line, line
+
+
+def test_tls_front_is_the_plain_front_plus_tls(conf: Directive, tls_conf: Directive) -> None:
+    """Upstreams, headers, locations and timeouts are those of nginx.conf, to the letter."""
+    plain_http, tls_http = conf.one("http"), tls_conf.one("http")
+    plain_server, tls_server = plain_http.one("server"), tls_http.one("server")
+    assert tls_server.one("listen").args == [*plain_server.one("listen").args, "ssl"]
+    kept = [d for d in tls_server.children if d.name not in TLS_DIRECTIVES | {"listen"}]
+    assert kept == [d for d in plain_server.children if d.name != "listen"]
+    assert [d for d in tls_http.children if d.name not in ("server", "log_format")] == [
+        d for d in plain_http.children if d.name not in ("server", "log_format")
+    ]
+    assert [d for d in tls_conf.children if d.name != "http"] == [
+        d for d in conf.children if d.name != "http"
+    ]
+
+
+def test_tls_front_settings(tls_conf: Directive) -> None:
+    http = tls_conf.one("http")
+    server = http.one("server")
+    assert server.one("ssl_protocols").args == ["TLSv1.2", "TLSv1.3"]
+    assert server.value("ssl_certificate").endswith(".pem")
+    assert "http2" not in server.one("listen").args  # a WebSocket upgrade needs HTTP/1.1
+    assert server.value("proxy_http_version") == "1.1"
+    headers = {d.args[0].lower(): d.args[1] for d in server.all("proxy_set_header")}
+    assert headers["x-forwarded-proto"] == "$scheme"
+    # A token may ride in the query string (the fallback for EventSource): never log it.
+    log_format = " ".join(http.one("log_format").args[1:])
+    for variable in (
+        "$request ",
+        "$request_uri",
+        "$args",
+        "$query_string",
+        "$arg_",
+        "$http_authorization",
+        "$cookie_",
+    ):
+        assert variable not in log_format + " ", variable
+
+
+def test_nginx_accepts_the_rendered_tls_config(tls_template: str, tmp_path: Path) -> None:
+    nginx = _nginx()
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "tmp").mkdir()
+    cert = make_cert(tmp_path)
+    _nginx_t(nginx, render(tls_template, str(tmp_path), tls=cert), tmp_path)
 
 
 # --- Dockerfile and Kubernetes ----------------------------------------------------------------
@@ -238,7 +326,7 @@ def test_rawrt_deployment(manifests: dict[tuple[str, str], dict[str, Any]]) -> N
     (container,) = pod["containers"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     redis_service = manifests[("Service", "rawrt-redis")]
     redis_port = redis_service["spec"]["ports"][0]["port"]
     assert env["RAWRT_REDIS_URL"] == f"redis://rawrt-redis:{redis_port}/0"
@@ -248,6 +336,41 @@ def test_rawrt_deployment(manifests: dict[tuple[str, str], dict[str, Any]]) -> N
     pre_stop_s = float(pre_stop[1]) if pre_stop[0] == "sleep" else 0.0
     assert pod["terminationGracePeriodSeconds"] > pre_stop_s + DEFAULTS.shutdown_timeout_s
     assert pod["securityContext"]["runAsNonRoot"] is True
+
+
+def test_deployment_credentials_come_from_a_secret_and_every_option_exists(
+    manifests: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    (container,) = manifests[("Deployment", "rawrt")]["spec"]["template"]["spec"]["containers"]
+    fields = {f.name for f in dataclasses.fields(Config)}
+    for entry in container["env"]:
+        option = entry["name"].removeprefix("RAWRT_").lower()
+        assert entry["name"].startswith("RAWRT_") and option in fields, entry
+    from_secret = {
+        e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e
+    }
+    assert set(from_secret) == {"RAWRT_JWT_SECRET", "RAWRT_PUBLISH_KEY"}
+    for name, ref in from_secret.items():
+        assert ref == {"name": "rawrt-credentials", "key": name}  # `optional` unset: required
+    # The values are made with `kubectl create secret`, never kept in these files.
+    assert not [key for key in manifests if key[0] == "Secret"]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    # The pod's environment, with secrets of the shape `kubectl create secret` makes, is a
+    # configuration rawrt starts with (tokens need an origin list), and the network and access
+    # settings are really on (not 0 or empty).
+    env |= {"RAWRT_JWT_SECRET": "s" * 64, "RAWRT_PUBLISH_KEY": "k" * 64}
+    config = parse_config([], env)
+    assert config.trusted_proxies and config.max_connections_per_ip > 0
+    assert config.jwt_secret and config.publish_key and config.allowed_origins != "*"
+
+
+def test_ingress_terminates_tls(manifests: dict[tuple[str, str], dict[str, Any]]) -> None:
+    ingress = manifests[("Ingress", "rawrt")]
+    (tls,) = ingress["spec"]["tls"]
+    assert tls["secretName"] == "rawrt-tls"
+    assert tls["hosts"] == [rule["host"] for rule in ingress["spec"]["rules"]]
+    notes = ingress["metadata"]["annotations"]
+    assert notes["nginx.ingress.kubernetes.io/force-ssl-redirect"] == "true"
 
 
 def test_services_and_affinity(manifests: dict[tuple[str, str], dict[str, Any]]) -> None:

@@ -26,6 +26,7 @@ from rawrt.config import Config
 from rawrt.connection import HttpConnection
 from rawrt.edge import AnyReply, Exchange, Handler, Reply, Request, Session
 from rawrt.errors import HttpError
+from rawrt.netpolicy import TrustedProxies
 from rawrt.server import Server
 from rawrt.wire import http
 
@@ -37,8 +38,9 @@ CHANNEL = "x"
 class FakeTransport(asyncio.Transport):
     """Records writes; closing it tells the protocol soon after, as asyncio's transports do."""
 
-    def __init__(self) -> None:
+    def __init__(self, peer: str = "192.0.2.1") -> None:
         super().__init__()
+        self.peer = peer
         self.written = bytearray()
         self.closed = False
         self.protocol: asyncio.BaseProtocol | None = None
@@ -80,7 +82,7 @@ class FakeTransport(asyncio.Transport):
         pass
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
+        return (self.peer, 40000) if name == "peername" else default
 
 
 def _pieces(data: bytes, cuts: Iterable[int]) -> list[bytes]:
@@ -280,6 +282,9 @@ class FakeHost:
         self.handler, self.full = handler, full
         self.open: set[Session] = set()
         self.paths: list[list[str]] = []
+        self.trusted_proxies = TrustedProxies()
+        self.claims: list[str] = []  # what reclaim() was asked to count, in order
+        self.full_clients: set[str] = set()  # reclaim() refuses these
 
     def resolve(self, request: Request) -> tuple[Handler, str]:
         self.paths.append(request.path)
@@ -293,6 +298,10 @@ class FakeHost:
             self.open.add(conn)
         return not self.full
 
+    def reclaim(self, conn: Session, client: str) -> bool:
+        self.claims.append(client)
+        return client not in self.full_clients
+
     def register(self, conn: Session) -> None:
         self.open.add(conn)
 
@@ -304,8 +313,10 @@ def _echo_path(request: Request, conn: Exchange, channel: str) -> AnyReply:
     return http.response(200, channel.encode(), keep_alive=request.keep_alive)
 
 
-def _driven(host: FakeHost, data: bytes) -> tuple[HttpConnection, FakeTransport]:
-    transport = FakeTransport()
+def _driven(
+    host: FakeHost, data: bytes, peer: str = "192.0.2.1"
+) -> tuple[HttpConnection, FakeTransport]:
+    transport = FakeTransport(peer)
     conn = HttpConnection(host)
     transport.set_protocol(conn)
     conn.connection_made(transport)
@@ -341,6 +352,37 @@ async def test_driver_refuses_with_503_when_the_host_does_not_admit_it() -> None
     _, transport = _driven(host, _request("GET /a HTTP/1.1\nHost: h\n"))
     assert _statuses(bytes(transport.written)) == [503] and transport.closed
     assert host.paths == [] and not host.open
+
+
+def _client_path(request: Request, conn: Exchange, channel: str) -> AnyReply:
+    return http.response(200, request.client.encode(), keep_alive=request.keep_alive)
+
+
+async def test_driver_counts_each_proxied_request_for_the_client_it_forwards() -> None:
+    host = FakeHost(_client_path)
+    host.trusted_proxies = TrustedProxies.parse("10.0.0.0/8")
+    host.full_clients = {"198.51.100.3"}
+    data = b"".join(
+        _request(f"GET /{n} HTTP/1.1\nHost: h\nX-Forwarded-For: 6.6.6.6, 198.51.100.{n}\n")
+        for n in (1, 2, 3)
+    )
+    _, transport = _driven(host, data, peer="10.0.0.2")
+    out = bytes(transport.written)
+    # Counted for its client from the head to the answer, for nobody between requests, and
+    # refused with the cap's 503 when that client holds all it may.
+    assert host.claims == ["198.51.100.1", "", "198.51.100.2", "", "198.51.100.3"]
+    assert _statuses(out) == [200, 200, 503] and transport.closed
+    assert out.count(b"\r\n\r\n198.51.100.") == 2 and b"6.6.6.6" not in out
+    assert b"server is at its connection limit" in out.rpartition(b"HTTP/1.1")[2]
+
+
+async def test_driver_takes_a_direct_peer_as_the_client_whatever_it_claims() -> None:
+    host = FakeHost(_client_path)
+    host.trusted_proxies = TrustedProxies.parse("10.0.0.0/8")
+    request = _request("GET /a HTTP/1.1\nHost: h\nX-Forwarded-For: 198.51.100.1\n")
+    conn, transport = _driven(host, request, peer="203.0.113.5")
+    assert conn.client == "203.0.113.5" and host.claims == []
+    assert bytes(transport.written).endswith(b"\r\n\r\n203.0.113.5")
 
 
 async def test_driver_answers_a_handler_error_with_the_hosts_cors_headers_and_goes_on() -> None:

@@ -27,6 +27,7 @@ CORE = sorted(
         PACKAGE / "errors.py",
         PACKAGE / "access.py",
         PACKAGE / "tokens.py",
+        PACKAGE / "netpolicy.py",
     ]
     + [p for p in (PACKAGE / "wire").glob("*.py")]
 )

@@ -48,6 +48,7 @@ class ParkedPoll(asyncio.Protocol):
         "_pending",
         "_timer",
         "_transport",
+        "client",
     )
 
     def __init__(
@@ -57,9 +58,11 @@ class ParkedPoll(asyncio.Protocol):
         channel: str,
         keep_alive: bool,
         cors: CorsHeaders,
+        client: str,
     ) -> None:
         self._host = host
         self._cors = cors  # the CORS answer to this request, shared when it is constant
+        self.client = client  # the address it counts for (rawrt.edge.Session)
         self._transport: asyncio.Transport | None = transport
         self._channel = channel
         self._keep_alive = keep_alive

@@ -61,12 +61,17 @@ _UNAVAILABLE_RETRY_MS = 2000
 class EventStream(asyncio.Protocol):
     """An open text/event-stream response subscribed to one channel."""
 
-    __slots__ = ("_expires_at", "_host", "_input_bytes", "_sub", "_transport")
+    __slots__ = ("_expires_at", "_host", "_input_bytes", "_sub", "_transport", "client")
 
     def __init__(
-        self, host: StreamHost, transport: asyncio.Transport, expires_at: float | None = None
+        self,
+        host: StreamHost,
+        transport: asyncio.Transport,
+        client: str,
+        expires_at: float | None = None,
     ) -> None:
         self._host = host
+        self.client = client  # the address it counts for (rawrt.edge.Session)
         self._transport: asyncio.Transport | None = transport
         self._sub: Subscription | None = None
         self._input_bytes = 0

@@ -5,7 +5,10 @@ wsproto's `Connection`, enforces the message-size limit wsproto lacks (1009), an
 runs the close handshake, and keeps the peer alive-checked (the server's liveness sweep calls
 `check_liveness`). Subclasses say what a complete message means:
 
-- `ChannelSocket` speaks rawrt's JSON protocol (rawrt.wire.envelope) against the hub;
+- `ChannelSocket` speaks rawrt's JSON protocol (rawrt.wire.envelope) against the hub, each
+  client message paid for from its token bucket when `--max-client-messages-per-s` is set
+  (rawrt.netpolicy): over the rate it gets an error frame and is not acted on, a whole burst
+  over it closes the socket with 1008;
 - `EchoSocket` sends every message back, for the Autobahn|Testsuite.
 
 Memory matters here because most sockets are idle: wsproto's parser (about 1.7 KiB) exists
@@ -42,6 +45,7 @@ from rawrt.errors import (
     WebSocketClose,
 )
 from rawrt.hub import Kind, Subscription
+from rawrt.netpolicy import Budget, budget_verdict, take_token
 from rawrt.tokens import Grant
 from rawrt.wire import envelope, wsframe
 
@@ -55,6 +59,8 @@ GOING_AWAY = 1001
 POLICY = 1008
 TOO_BIG = 1009
 INTERNAL = 1011
+# The `data` of the error frame a message over the client's rate gets.
+RATE_LIMITED = "Rate limited"
 # Sent by peers but never on the wire: "no status" and "abnormal closure".
 _NOT_ON_WIRE = (1005, 1006)
 
@@ -92,10 +98,12 @@ class WebSocketSession(asyncio.Protocol):
         "_pong_due",
         "_transport",
         "_write_paused",
+        "client",
     )
 
-    def __init__(self, host: SocketHost, transport: asyncio.Transport) -> None:
+    def __init__(self, host: SocketHost, transport: asyncio.Transport, client: str) -> None:
         self._host = host
+        self.client = client  # the address it counts for and logs name (rawrt.edge.Session)
         self._transport: asyncio.Transport | None = transport
         self._parser: Connection | None = None
         self._parts: list[str | bytes] | None = None  # fragments of a message in progress
@@ -146,7 +154,7 @@ class WebSocketSession(asyncio.Protocol):
             self.close(exc.code, exc.reason)
             return
         except Exception:
-            log.exception("bug in a WebSocket session (connection %x)", id(self))
+            log.exception("bug in a WebSocket session of %s (%x)", self.client, id(self))
             self.close(INTERNAL)
             return
         if _parser_is_idle(parser):
@@ -233,7 +241,7 @@ class WebSocketSession(asyncio.Protocol):
         if self._closing:
             return
         if self._pong_due is not None and now >= self._pong_due:
-            log.info("terminating a WebSocket peer that did not answer a ping")
+            log.info("terminating a WebSocket peer (%s) that did not answer a ping", self.client)
             self.terminate()
         elif now >= self._ping_due:
             config = self._host.config
@@ -265,24 +273,50 @@ class WebSocketSession(asyncio.Protocol):
 class ChannelSocket(WebSocketSession):
     """A WebSocket speaking rawrt's JSON protocol: subscribe, unsubscribe, publish, ping."""
 
-    __slots__ = ("_grant", "_held", "_subs")
+    __slots__ = ("_grant", "_held", "_subs", "_tokens", "_tokens_at")
 
-    def __init__(self, host: SocketHost, transport: asyncio.Transport) -> None:
-        super().__init__(host, transport)
+    def __init__(self, host: SocketHost, transport: asyncio.Transport, client: str) -> None:
+        super().__init__(host, transport, client)
         self._subs: dict[str, Subscription] = {}
         # What the socket's token allows (rawrt.access): each subscribe and publish is checked
         # against it; the fan-out never looks at it. None: no token (yet).
         self._grant: Grant | None = None
+        # The message budget (rawrt.netpolicy): a token bucket of two floats, refilled when a
+        # message comes, from the time since the last one. No timer, no task.
+        self._tokens = self._tokens_at = 0.0
+        if host.config.max_client_messages_per_s:
+            self._tokens = float(host.config.max_client_message_burst)
+            self._tokens_at = host.clock()
         # Messages that arrived while a subscribe waits for the backplane to attach its
         # channel; they are handled after it, in order. Reading is paused meanwhile, so this
         # holds at most what one read brought.
         self._held: list[str | bytes] | None = None
 
     def on_message(self, data: str | bytes) -> None:
+        if self._host.config.max_client_messages_per_s and not self._within_budget():
+            return
         if self._held is not None:
             self._held.append(data)
         else:
             self._dispatch(data)
+
+    def _within_budget(self) -> bool:
+        """Spend a token on this message: True to handle it; an error frame when over the
+        rate; far over it (a whole burst below zero), close with 1008 (policy)."""
+        config = self._host.config
+        rate, burst = config.max_client_messages_per_s, config.max_client_message_burst
+        now = self._host.clock()
+        self._tokens = take_token(self._tokens, now - self._tokens_at, rate, burst)
+        self._tokens_at = now
+        verdict = budget_verdict(self._tokens, burst)
+        if verdict is Budget.WITHIN:
+            return True
+        if verdict is Budget.OVER:
+            reason = f"more than {rate:g} messages per second (burst {burst})"
+            self.send_text(envelope.error(reason, data=RATE_LIMITED))
+            return False
+        log.info("closing the WebSocket of %s: far over its message rate", self.client)
+        raise WebSocketClose(POLICY, "message rate exceeded")
 
     def _dispatch(self, data: str | bytes) -> None:
         try:
