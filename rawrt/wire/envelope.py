@@ -189,9 +189,7 @@ def authenticated(sub: str, exp: float) -> str:
     return f'{{"type":"authenticated","sub":{_q(sub)},"exp":{exp_json}}}'
 
 
-def poll_body(
-    data_items: list[bytes], ids: list[str], cursor: str, reset: bool = False
-) -> bytes:
+def poll_body(data_items: list[bytes], ids: list[str], cursor: str, reset: bool = False) -> bytes:
     """`{"messages":[...],"ids":[...],"cursor":ID}` with each item's JSON spliced in as it is.
 
     `ids[i]` is the id of `messages[i]`, the one its publish answered, so a client can tell
