@@ -302,3 +302,21 @@ async def test_all_channels_share_one_websocket(server: rawrt.Server, browser: A
         assert [item for item in got if item[1].rstrip("!") == name] == expected
     assert len(got) == 5
     assert opened == [server.url.replace("http", "ws") + "/ws"]
+
+
+async def test_ids_compare_by_epoch_and_seq_of_any_size(server: rawrt.Server, browser: Any) -> None:
+    page = await (await browser.new_context()).new_page()
+    await page.goto(server.url + "/healthz")
+    result = await page.evaluate(
+        """async () => {
+          const { parseId, seqAfter } = await import("/rawrt.js");
+          const after = (a, b) => seqAfter(parseId(a)[1], parseId(b)[1]);
+          return {
+            parsed: [parseId("0esuy31-12"), parseId("a-b-007"), parseId("nope"), parseId("-3")],
+            after: [after("e-10", "e-9"), after("e-9", "e-10"), after("e-5", "e-5"),
+                    after("e-9007199254740993", "e-9007199254740992")],
+          };
+        }"""
+    )
+    assert result["parsed"] == [["0esuy31", "12"], ["a-b", "7"], None, None]
+    assert result["after"] == [True, False, False, True]  # beyond 2**53 too

@@ -63,7 +63,8 @@ export function parseId(id) {
   return [id.slice(0, dash), seq.replace(/^0+(?=.)/, "")];
 }
 
-function seqAfter(a, b) {
+/** True when the seq digit string `a` is above `b` (compared as numbers of any size). */
+export function seqAfter(a, b) {
   return a.length !== b.length ? a.length > b.length : a > b;
 }
 
@@ -178,11 +179,13 @@ export class Rawrt {
     const order = this.options.transports;
     const first = order.includes(this._working) ? this._working : order[0];
     this._round = [first, ...order.filter((name) => name !== first)];
+    this._refused = new Set(); // transports whose token was refused in this round
     this._setState("connecting");
     this._tryNext();
   }
 
   _tryNext() {
+    if (this._closed || this._link) return; // closed, or another attempt got there first
     const name = this._round.shift();
     if (name === undefined) {
       this._scheduleReconnect();
@@ -212,6 +215,10 @@ export class Rawrt {
     if (link !== this._link) return;
     const proven = link.proven;
     this._dropLink();
+    if (why.auth && !proven && this.options.getToken && !this._refused.has(link.name)) {
+      this._refused.add(link.name); // refused for its token, not for the transport: again
+      this._round.unshift(link.name);
+    }
     if (why.auth || this._tokenRunningOut()) {
       this._withFreshToken(() => (proven ? this._scheduleReconnect() : this._tryNext()));
     } else if (proven) {
@@ -364,7 +371,7 @@ export class Rawrt {
   _withFreshToken(then) {
     if (!this.options.getToken) return then();
     this._refreshToken().then(() => {
-      if (!this._closed) then();
+      if (!this._closed && !this._link) then();
     });
   }
 
@@ -443,6 +450,9 @@ export class Rawrt {
 // Each has start(), add(chan), remove(chan), stop(), check() and tokenChanged(); it
 // reports to the client through _proven, _failed, _message, _reset and _position.
 
+// Server frames that show a WebSocket link works.
+const PROOF = new Set(["pong", "subscribed", "message", "reset", "authenticated", "unsubscribed"]);
+
 class WebSocketLink {
   constructor(client, name) {
     this.client = client;
@@ -480,8 +490,8 @@ class WebSocketLink {
       if (frame.type === "pong") client._probeAnswered(this);
       return;
     }
-    client._proven(this);
     this.alive = true;
+    if (PROOF.has(frame.type)) client._proven(this); // an error frame proves nothing
     switch (frame.type) {
       case "message":
         client._message(this, frame.channel, frame.data, {
@@ -648,7 +658,7 @@ class PollLink {
     while (!signal.aborted) {
       let answer, body;
       const params = { since: chan.lastId, timeout, token: client._token };
-      const limit = setTimeout(() => this.abort(chan), (timeout + 10) * 1000);
+      const limit = setTimeout(() => this.fail({}), (timeout + 10) * 1000); // a hung poll
       try {
         answer = await fetch(client._endpoint(path, params), { signal, cache: "no-store" });
         body = answer.ok ? await answer.json() : null;
@@ -679,14 +689,6 @@ class PollLink {
       client._message(this, chan.name, data, { id, channel: chan.name });
     });
     client._position(this, chan.name, body.cursor);
-  }
-
-  abort(chan) {
-    const control = this.loops.get(chan.name);
-    if (control && !this.stopped) {
-      this.stop();
-      this.client._failed(this, {});
-    }
   }
 
   fail(why) {
