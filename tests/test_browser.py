@@ -135,6 +135,21 @@ async def test_websocket_refused_runs_on_sse_and_returns_to_websocket(
     assert states[-1][:2] == ["connected", "websocket"]
 
 
+async def test_a_websocket_that_never_answers_is_skipped_after_the_open_timeout(
+    server: rawrt.Server, browser: Any
+) -> None:
+    async def before(page: Any) -> None:
+        # Playwright answers the handshake itself and then relays nothing: an open socket
+        # that never delivers a frame, like one stuck behind a broken proxy.
+        await page.route_web_socket("**/ws", lambda ws: None)
+
+    page = await open_client(browser, server.url, "silent", before=before, openTimeoutMs=1000)
+    await page.wait_for_transport("sse")
+    sent = (await publish(server.port, "silent", "via sse"), "via sse")
+    await page.wait_for_count(1)
+    assert ids_and_data(await page.received()) == [sent]
+
+
 async def test_position_older_than_history_resets_once_then_live(
     start_server: StartServer, browser: Any
 ) -> None:

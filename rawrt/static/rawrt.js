@@ -106,7 +106,8 @@ export class Rawrt {
     return this._state;
   }
 
-  /** Listen to "state" (state, info), "message" (channel, data, meta), "error" (error). */
+  /** Listen to "state" (state, info), "message" (channel, data, meta), "reset" (meta),
+   * "error" (error); returns a function that removes the listener. */
   on(event, listener) {
     if (!this._listeners.has(event)) this._listeners.set(event, new Set());
     this._listeners.get(event).add(listener);
