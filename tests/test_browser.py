@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,10 @@ import pytest
 from conftest import StartServer
 from support.browser import ClientPage, chromium, open_client
 from support.clients import request
-from support.redis_server import RedisServer
+from support.redis_server import RedisServer, free_port
 
 import rawrt
+from rawrt.tokens import issue_token
 
 pytestmark = pytest.mark.browser
 
@@ -38,8 +40,11 @@ async def browser() -> AsyncIterator[Any]:
         yield launched
 
 
-async def publish(port: int, channel: str, data: Any, route: str = "/api/publish/") -> str:
-    answer = await request(port, "POST", route + channel, json.dumps(data))
+async def publish(
+    port: int, channel: str, data: Any, route: str = "/api/publish/", key: str | None = None
+) -> str:
+    headers = [("Authorization", f"Bearer {key}")] if key else []
+    answer = await request(port, "POST", route + channel, json.dumps(data), headers)
     assert answer.status == 200, answer.body
     message_id: str = answer.json()["id"]
     return message_id
@@ -335,3 +340,100 @@ async def test_ids_compare_by_epoch_and_seq_of_any_size(server: rawrt.Server, br
     )
     assert result["parsed"] == [["0esuy31", "12"], ["a-b", "7"], None, None]
     assert result["after"] == [True, False, False, True]  # beyond 2**53 too
+
+
+SECRET = "a test secret of at least thirty-two bytes"
+PUBLISH_KEY = "a-publish-key-for-tests"
+TOKEN_TTL_S = 2.0  # each token the page gets runs out within the test, several times
+
+
+@pytest.mark.parametrize("transport", ["websocket", "sse", "poll"])
+async def test_with_tokens_an_expiring_token_is_refreshed_through_get_token(
+    stack: contextlib.AsyncExitStack, browser: Any, transport: str
+) -> None:
+    port = free_port()  # the page's origin must be in the allow-list before the server starts
+    config = rawrt.Config(
+        host="127.0.0.1",
+        port=port,
+        jwt_secret=SECRET,
+        jwt_leeway_s=0.0,
+        publish_key=PUBLISH_KEY,
+        allowed_origins=f"http://127.0.0.1:{port}",
+        sse_heartbeat_s=0.5,  # the sweep that ends expired streams runs with the heartbeat
+    )
+    server = rawrt.Server(config)
+    await server.start()
+    stack.push_async_callback(server.stop)
+    issued: list[str] = []
+
+    def mint() -> str:  # the application's token endpoint, as the page's getToken calls it
+        token = issue_token(
+            SECRET, sub="page", channels=["tok"], publish=[], now=time.time(), ttl_s=TOKEN_TTL_S
+        )
+        issued.append(token)
+        return token
+
+    async def before(page: Any) -> None:
+        await page.expose_function("mintToken", mint)
+
+    page = await open_client(
+        browser,
+        server.url,
+        "tok",
+        transports=[transport],
+        before=before,
+        getTokenFrom="mintToken",
+        refreshBeforeMs=500,
+    )
+    await page.wait_for_transport(transport)
+    sent: list[tuple[str, Any]] = []
+    # Publish steadily while three tokens in a row run out (bounded in count and time).
+    for n in range(200):
+        sent.append((await publish(port, "tok", n, key=PUBLISH_KEY), n))
+        if len(issued) >= 4:
+            break
+        await asyncio.sleep(0.05)  # pacing the publishes across token lifetimes
+    await page.wait_for_transport(transport)
+    sent.append((await publish(port, "tok", "last", key=PUBLISH_KEY), "last"))
+    await page.wait_for_count(len(sent))
+    assert ids_and_data(await page.received()) == sent
+    assert len(issued) >= 4 and await page.value("window.resets") == []
+
+
+async def test_a_refused_token_asks_get_token_and_stays_on_websocket(
+    stack: contextlib.AsyncExitStack, browser: Any
+) -> None:
+    port = free_port()
+    config = rawrt.Config(
+        host="127.0.0.1",
+        port=port,
+        jwt_secret=SECRET,
+        jwt_leeway_s=0.0,
+        publish_key=PUBLISH_KEY,
+        allowed_origins=f"http://127.0.0.1:{port}",
+    )
+    server = rawrt.Server(config)
+    await server.start()
+    stack.push_async_callback(server.stop)
+    expired = issue_token(
+        SECRET, sub="page", channels=["tok"], publish=[], now=time.time() - 60, ttl_s=1
+    )
+    issued: list[str] = []
+
+    def mint() -> str:
+        issued.append(issue_token(SECRET, sub="page", channels=["tok"], publish=[],
+                                  now=time.time(), ttl_s=600))  # fmt: skip
+        return issued[-1]
+
+    async def before(page: Any) -> None:
+        await page.expose_function("mintToken", mint)
+
+    page = await open_client(
+        browser, server.url, "tok", before=before, token=expired, getTokenFrom="mintToken"
+    )
+    await page.wait_for_transport("websocket")  # 4401, a fresh token, the same transport again
+    sent = (await publish(port, "tok", "hello", key=PUBLISH_KEY), "hello")
+    await page.wait_for_count(1)
+    assert ids_and_data(await page.received()) == [sent]
+    assert len(issued) == 1
+    assert [t for _, t, _ in await page.value("window.states") if t] == ["websocket"]

@@ -45,6 +45,7 @@ async ({ options, channel, since }) => {
   window.resets = [];
   window.states = [];
   window.errors = [];
+  if (options.getTokenFrom) options.getToken = () => window[options.getTokenFrom]();
   const rt = new Rawrt(location.origin, options);
   rt.on("state", (state, info) => window.states.push([state, info.transport, info.retryInMs]));
   rt.on("error", (error) => window.errors.push(String(error.message || error)));
@@ -118,6 +119,8 @@ async def open_client(
     """A new page on `base_url` whose rawrt.js client subscribes to `channel`.
 
     `before(page)` runs before the client starts (to install routes that block transports).
+    `getTokenFrom="name"` makes the client's getToken call `window.name()` (a function the
+    test exposed to the page).
     Fast timings suit tests; any option given overrides them.
     """
     context = context or await browser.new_context()
