@@ -437,3 +437,33 @@ async def test_a_refused_token_asks_get_token_and_stays_on_websocket(
     assert ids_and_data(await page.received()) == [sent]
     assert len(issued) == 1
     assert [t for _, t, _ in await page.value("window.states") if t] == ["websocket"]
+
+
+async def test_the_token_cookie_serves_every_transport_without_a_token_option(
+    stack: contextlib.AsyncExitStack, browser: Any
+) -> None:
+    port = free_port()
+    config = rawrt.Config(
+        host="127.0.0.1",
+        port=port,
+        jwt_secret=SECRET,
+        publish_key=PUBLISH_KEY,
+        allowed_origins=f"http://127.0.0.1:{port}",
+    )
+    server = rawrt.Server(config)
+    await server.start()
+    stack.push_async_callback(server.stop)
+    token = issue_token(
+        SECRET, sub="page", channels=["jar"], publish=[], now=time.time(), ttl_s=600
+    )
+    context = await browser.new_context()
+    await context.add_cookies([{"name": "rawrt_token", "value": token, "url": server.url}])
+    for transport in ("websocket", "sse", "poll"):
+        page = await open_client(
+            browser, server.url, "jar", context=context, transports=[transport]
+        )
+        await page.wait_for_transport(transport)
+        sent = (await publish(port, "jar", transport, key=PUBLISH_KEY), transport)
+        await page.wait_for_count(1)
+        assert ids_and_data(await page.received()) == [sent]
+        await page.page.close()

@@ -32,7 +32,8 @@
 //
 // Tokens: `token` (a string) or `getToken` (an async function returning one). A WebSocket
 // sends it in an auth frame first (browsers cannot set headers on it), EventSource and poll
-// URLs carry it as the `token` parameter, and publish sends `Authorization: Bearer`. A 401, a
+// URLs carry it as the `token` parameter, and publish sends `Authorization: Bearer`. With
+// neither, a `rawrt_token` cookie does (set `withCredentials` when rawrt is another origin). A 401, a
 // close with 4401, or a stream failing when the token is about to run out asks `getToken`
 // for a fresh one before the next attempt.
 
@@ -40,6 +41,7 @@ const DEFAULTS = {
   transports: ["websocket", "sse", "poll"],
   token: null,
   getToken: null,
+  withCredentials: false, // send cookies (the rawrt_token cookie) to another origin too
   openTimeoutMs: 5000, // a link not proven within this is skipped for the next transport
   backoffMinMs: 500,
   backoffMaxMs: 20000,
@@ -145,6 +147,7 @@ export class Rawrt {
         method: "POST",
         headers,
         body,
+        credentials: this._credentials(),
       });
       if (answer.status === 401 && !refreshed && this.options.getToken) {
         await this._refreshToken();
@@ -438,6 +441,10 @@ export class Rawrt {
     delete this._timers[name];
   }
 
+  _credentials() {
+    return this.options.withCredentials ? "include" : "same-origin";
+  }
+
   _endpoint(path, params) {
     const query = Object.entries(params)
       .filter(([, value]) => value != null && value !== "")
@@ -580,7 +587,8 @@ class EventSourceLink {
     if (!this.started || this.stopped) return; // start() opens every channel there is
     const path = `/api/sse/subscribe/${encodeURIComponent(chan.name)}`;
     const source = new EventSource(
-      client._endpoint(path, { lastEventId: chan.lastId, token: client._token })
+      client._endpoint(path, { lastEventId: chan.lastId, token: client._token }),
+      { withCredentials: client.options.withCredentials }
     );
     let opened = false;
     source.onmessage = (event) => {
@@ -661,7 +669,11 @@ class PollLink {
       const params = { since: chan.lastId, timeout, token: client._token };
       const limit = setTimeout(() => this.fail({}), (timeout + 10) * 1000); // a hung poll
       try {
-        answer = await fetch(client._endpoint(path, params), { signal, cache: "no-store" });
+        answer = await fetch(client._endpoint(path, params), {
+          signal,
+          cache: "no-store",
+          credentials: client._credentials(),
+        });
         body = answer.ok ? await answer.json() : null;
       } catch {
         if (!signal.aborted) this.fail({});
