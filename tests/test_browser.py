@@ -467,3 +467,35 @@ async def test_the_token_cookie_serves_every_transport_without_a_token_option(
         await page.wait_for_count(1)
         assert ids_and_data(await page.received()) == [sent]
         await page.page.close()
+
+
+async def test_a_page_made_visible_finds_its_dead_websocket_and_resumes(
+    server: rawrt.Server, browser: Any
+) -> None:
+    connections: list[Any] = []
+    hole = {"on": False}
+
+    def handler(ws: Any) -> None:
+        upstream = ws.connect_to_server()
+        first = not connections
+        connections.append(ws)
+
+        def down(message: Any) -> None:  # server to page; the first socket can go silent
+            if not (first and hole["on"]):
+                ws.send(message)
+
+        upstream.on_message(down)
+
+    async def before(page: Any) -> None:
+        await page.route_web_socket("**/ws", handler)
+
+    page = await open_client(browser, server.url, "wake", before=before, pingTimeoutMs=500)
+    await page.wait_for_transport("websocket")
+    sent = [(await publish(server.port, "wake", "seen"), "seen")]
+    await page.wait_for_count(1)
+    hole["on"] = True  # the socket looks open but delivers nothing (a laptop after sleep)
+    sent.append((await publish(server.port, "wake", "lost in the hole"), "lost in the hole"))
+    await page.value("document.dispatchEvent(new Event('visibilitychange'))")
+    await page.wait_for_count(2)  # the ping went unanswered: a new socket, resumed
+    assert len(connections) == 2
+    assert ids_and_data(await page.received()) == sent
