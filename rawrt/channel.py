@@ -65,7 +65,10 @@ class PollAnswer:
     encoded: dict[object, bytes] = field(default_factory=dict)
 
     def body(self) -> bytes:
-        return envelope.poll_body([m.data for m in self.messages], self.cursor, self.reset)
+        messages = self.messages
+        return envelope.poll_body(
+            [m.data for m in messages], [m.id for m in messages], self.cursor, self.reset
+        )
 
 
 class Subscription:

@@ -70,6 +70,8 @@ HELP = {
     "error frame, a whole burst over closes with 1008 (0 = no limit)",
     "max_client_message_burst": "messages a WebSocket client may send at once above "
     "--max-client-messages-per-s",
+    "demo": "serve the demo page at / (--demo, --no-demo); by default on unless keys or "
+    "tokens are configured",
 }
 # Short option names users expect; the long forms stay valid.
 ALIASES = {
@@ -83,9 +85,18 @@ ALIASES = {
 FORMER = {"allowed_origins": "cors_origin"}
 
 
+def _parse_bool(text: str) -> bool:
+    return text.lower() in ("1", "true", "yes", "on")
+
+
+def _is_switch(field: dataclasses.Field[Any]) -> bool:
+    """A `bool | None` field (None: decided automatically) is a --name / --no-name pair."""
+    return field.type == "bool | None"
+
+
 def _option_type(default: Any) -> Callable[[str], Any]:
     if isinstance(default, bool):
-        return lambda text: text.lower() in ("1", "true", "yes", "on")
+        return _parse_bool
     if isinstance(default, (int, float)):
         return type(default)
     return str
@@ -101,6 +112,15 @@ def _parser() -> argparse.ArgumentParser:
         flags.append("--" + field.name.replace("_", "-"))
         if field.name in FORMER:
             flags.append("--" + FORMER[field.name].replace("_", "-"))
+        if _is_switch(field):
+            parser.add_argument(
+                *flags,
+                dest=field.name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=f"{HELP.get(field.name, 'see rawrt.config')} (env RAWRT_{field.name.upper()})",
+            )
+            continue
         parser.add_argument(
             *flags,
             dest=field.name,
@@ -123,7 +143,8 @@ def parse_config(argv: Sequence[str], environ: dict[str, str] | None = None) -> 
             text = env.get(f"RAWRT_{FORMER[field.name].upper()}")
         if text is not None:
             try:
-                values[field.name] = _option_type(field.default)(text)
+                parse = _parse_bool if _is_switch(field) else _option_type(field.default)
+                values[field.name] = parse(text)
             except ValueError:
                 raise ConfigError(f"RAWRT_{field.name.upper()}={text!r} is not valid") from None
     values.update(vars(_parser().parse_args(argv)))

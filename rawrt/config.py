@@ -14,7 +14,7 @@ from rawrt import access
 from rawrt.errors import ConfigError
 from rawrt.netpolicy import TrustedProxies
 
-__all__ = ["Config", "ConfigError", "redis_address", "redis_urls"]
+__all__ = ["Config", "ConfigError", "demo_enabled", "redis_address", "redis_urls"]
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -30,6 +30,11 @@ class Config:
     max_connections: int = 16_000
     # Optional WebSocket echo endpoint for the Autobahn|Testsuite; off unless a path is given.
     echo_path: str | None = None
+    # The demo page at `/` (rawrt.js is served at /rawrt.js either way). None: on for an open
+    # server, off once keys or tokens are configured (`demo_enabled`), since a page that
+    # publishes is an invitation an open development server can afford and a production one
+    # should not make by default.
+    demo: bool | None = None
 
     # --- access control (rawrt.access; all off by default: an open development server) ------
     # Keys that may publish over HTTP (`Authorization: Bearer K` or `X-API-Key: K`), comma-
@@ -165,6 +170,18 @@ class Config:
     def replace(self, **changes: object) -> Config:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def demo_enabled(c: Config) -> bool:
+    """Whether `/` serves the demo page: `c.demo` when set, else whether the server is open."""
+    if c.demo is not None:
+        return c.demo
+    return not _credentials_configured(c)
+
+
+def _credentials_configured(c: Config) -> bool:
+    """True once publish keys or tokens guard the server (rawrt.access)."""
+    return bool(c.publish_key) or access.tokens_configured(c)
 
 
 def _problems(c: Config) -> list[str]:

@@ -22,6 +22,8 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from rawrt.assets import Asset, load_asset
+from rawrt.config import demo_enabled
 from rawrt.edge import AnyReply, CorsHeaders, Exchange, Handler, Reply, Request, RouterHost
 from rawrt.errors import (
     BackplaneUnavailable,
@@ -64,6 +66,13 @@ class Router:
         if host.config.echo_path:
             echo = tuple(host.config.echo_path.strip("/").split("/"))
             routes.append((b"GET", echo, "echo"))
+        # The browser client is always served; the demo page that uses it only when asked.
+        self._client = load_asset("rawrt.js", "text/javascript; charset=utf-8")
+        routes.append((b"GET", ("rawrt.js",), "client_js"))
+        self._demo: Asset | None = None
+        if demo_enabled(host.config):
+            self._demo = load_asset("index.html", "text/html; charset=utf-8")
+            routes.append((b"GET", ("",), "demo_page"))
         # Every pattern, as a tuple, to its (method, handler name) pairs: resolving a path is
         # two dict lookups (as it is, and with its last segment read as a channel).
         self._index: dict[tuple[str, ...], list[tuple[bytes, str]]] = {}
@@ -269,6 +278,17 @@ class Router:
     def _readyz(self, request: Request, conn: Exchange, _: str) -> bytes:
         ready = self._host.ready
         return self._json(request, {"ready": ready}, 200 if ready else 503)
+
+    def _client_js(self, request: Request, conn: Exchange, _: str) -> bytes:
+        return self._asset(request, self._client)
+
+    def _demo_page(self, request: Request, conn: Exchange, _: str) -> bytes:
+        assert self._demo is not None  # the route exists only with the page
+        return self._asset(request, self._demo)
+
+    def _asset(self, request: Request, asset: Asset) -> bytes:
+        etag = request.header(b"if-none-match")
+        return asset.answer(etag, self._host.cors_for(request.headers), request.keep_alive)
 
     def _preflight(self, request: Request, conn: Exchange, _: str) -> bytes:
         headers = self._host.access.preflight_headers(request.headers)

@@ -9,7 +9,7 @@ import pytest
 from support import QUIET_PATCH_WRITER
 
 from rawrt.cli import parse_config
-from rawrt.config import Config, ConfigError
+from rawrt.config import Config, ConfigError, demo_enabled
 
 pytestmark = QUIET_PATCH_WRITER
 
@@ -123,6 +123,7 @@ def test_every_field_has_a_flag_and_a_variable() -> None:
         f.name: ("/x" if f.name == "echo_path" else "redis://r" if f.name == "redis_url"
                  else str(f.default))
         for f in dataclasses.fields(Config)
+        if f.name != "demo"  # a switch: --demo / --no-demo, tested below
     }  # fmt: skip
     expected = Config(echo_path="/x", redis_url="redis://r")
     argv = [a for name, text in given.items() for a in ("--" + name.replace("_", "-"), text)]
@@ -130,6 +131,23 @@ def test_every_field_has_a_flag_and_a_variable() -> None:
     assert parse_config([], {f"RAWRT_{name.upper()}": text for name, text in given.items()}) == (
         expected
     )
+
+
+def test_demo_is_a_switch_whose_default_is_decided_by_the_server() -> None:
+    assert parse_config([], {}).demo is None
+    assert demo_enabled(parse_config([], {}))  # an open server shows its demo page
+    assert parse_config(["--demo"], {}).demo is True
+    assert parse_config(["--no-demo"], {}).demo is False
+    assert not demo_enabled(parse_config(["--no-demo"], {}))
+    assert parse_config([], {"RAWRT_DEMO": "0"}).demo is False
+    assert parse_config(["--demo"], {"RAWRT_DEMO": "off"}).demo is True  # the flag wins
+
+
+def test_keys_or_tokens_turn_the_demo_off_unless_it_is_asked_for() -> None:
+    tokens = Config(jwt_secret="s" * 32, allowed_origins="https://app.example.com")
+    keyed = Config(publish_key="k" * 16)
+    assert not demo_enabled(tokens) and not demo_enabled(keyed)
+    assert demo_enabled(tokens.replace(demo=True)) and demo_enabled(keyed.replace(demo=True))
 
 
 def test_environment_defaults_to_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -171,8 +171,11 @@ async def test_pipelined_requests_fed_whole_get_each_answer_in_order() -> None:
     assert _statuses(output) == EXPECTED_STATUSES
     assert closed
     assert b'{"published":true,"id":"EPOCH-1"}' in output
-    assert b'{"messages":[{"n":1},{"n":[2,"\xc3\xa9"]}],"cursor":"EPOCH-2"}' in output
-    assert b'{"messages":[],"cursor":"EPOCH-2","reset":true}' in output
+    assert (
+        b'{"messages":[{"n":1},{"n":[2,"\xc3\xa9"]}],"ids":["EPOCH-1","EPOCH-2"],"cursor":"EPOCH-2"}'
+        in output
+    )
+    assert b'{"messages":[],"ids":[],"cursor":"EPOCH-2","reset":true}' in output
     assert b'{"published":true,"id":"EPOCH-3"}' in output
 
 

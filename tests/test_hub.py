@@ -300,7 +300,11 @@ def test_poll_without_since_parks_at_the_head_and_wakes_once_with_what_came_afte
     epoch = epoch_of(hub, "c")
     assert [m.id for m in answer.messages] == [format_id(epoch, 2), format_id(epoch, 3)]
     assert answer.cursor == format_id(epoch, 3) and not answer.reset
-    assert json.loads(answer.body()) == {"messages": [{"n": 2}, {"n": 3}], "cursor": answer.cursor}
+    assert json.loads(answer.body()) == {
+        "messages": [{"n": 2}, {"n": 3}],
+        "ids": [format_id(epoch, 2), format_id(epoch, 3)],
+        "cursor": answer.cursor,
+    }
 
 
 def test_poll_with_since_behind_the_head_answers_at_once() -> None:
@@ -321,7 +325,12 @@ def test_poll_with_unresumable_since_answers_a_reset_to_the_head(since: str) -> 
     answer = hub.poll("c", since)
     assert isinstance(answer, PollAnswer)
     assert answer.reset and answer.messages == [] and answer.cursor == message_ids[-1]
-    assert json.loads(answer.body()) == {"messages": [], "cursor": message_ids[-1], "reset": True}
+    assert json.loads(answer.body()) == {
+        "messages": [],
+        "ids": [],
+        "cursor": message_ids[-1],
+        "reset": True,
+    }
 
 
 def test_unparked_poll_is_not_woken() -> None:

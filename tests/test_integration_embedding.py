@@ -114,7 +114,7 @@ async def test_cli_logs_its_address_serves_and_exits_0_on_sigterm(
     poller = await stack.enter_async_context(PollClient(child.port, "short"))
     assert (await poller.poll(since=ids[1]))["messages"] == [2, 3]
     body = await poller.poll(since=ids[0])
-    assert body == {"messages": [], "cursor": ids[3], "reset": True}
+    assert body == {"messages": [], "ids": [], "cursor": ids[3], "reset": True}
 
     await stack.aclose()
     assert await child.stopped() == 0

@@ -68,7 +68,8 @@ async def test_request_pipelined_behind_a_parked_poll_is_served_after_it(
         assert (await request(server.port, "GET", "/healthz")).status == 200
         new = await server.publish("behind", "new")
         (poll_status, poll_body), (health_status, _) = await _responses(reader, 2)
-    assert (poll_status, json.loads(poll_body)) == (200, {"messages": ["new"], "cursor": new})
+    expected = {"messages": ["new"], "ids": [new], "cursor": new}
+    assert (poll_status, json.loads(poll_body)) == (200, expected)
     assert health_status == 200
 
 

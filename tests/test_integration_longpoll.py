@@ -40,18 +40,18 @@ async def test_twenty_parked_pollers_all_get_every_message(
     polls = await _park_all(pollers, server)
     first = await server.publish("crowd", {"n": 1})
     answers = await asyncio.wait_for(asyncio.gather(*polls), 5)
-    assert answers == [{"messages": [{"n": 1}], "cursor": first}] * POLLERS
+    assert answers == [{"messages": [{"n": 1}], "ids": [first], "cursor": first}] * POLLERS
 
     # Published while nobody is parked: each poller's next poll gets it from its cursor.
     second = await server.publish("crowd", {"n": 2})
     answers = await asyncio.wait_for(asyncio.gather(*(p.poll(timeout=10) for p in pollers)), 5)
-    assert answers == [{"messages": [{"n": 2}], "cursor": second}] * POLLERS
+    assert answers == [{"messages": [{"n": 2}], "ids": [second], "cursor": second}] * POLLERS
 
     # Parked again, on the same kept-alive connections.
     polls = await _park_all(pollers, server)
     third = await server.publish("crowd", {"n": 3})
     answers = await asyncio.wait_for(asyncio.gather(*polls), 5)
-    assert answers == [{"messages": [{"n": 3}], "cursor": third}] * POLLERS
+    assert answers == [{"messages": [{"n": 3}], "ids": [third], "cursor": third}] * POLLERS
     assert [p.connections_opened for p in pollers] == [1] * POLLERS
 
 
@@ -60,7 +60,7 @@ async def test_parked_poll_without_messages_times_out_with_its_cursor(
 ) -> None:
     poller = await stack.enter_async_context(PollClient(server.port, "quiet"))
     head = await poller.start_at_head()
-    assert await poller.poll(timeout=0.2) == {"messages": [], "cursor": head}
+    assert await poller.poll(timeout=0.2) == {"messages": [], "ids": [], "cursor": head}
     # The kept-alive connection is still usable after a timed-out park.
     await server.publish("quiet", "later")
     assert await poller.collect(1) == ["later"]
@@ -73,4 +73,4 @@ async def test_poll_from_a_cursor_behind_the_head_is_answered_at_once(
     ids = [await server.publish("backlog", n) for n in range(5)]
     poller = await stack.enter_async_context(PollClient(server.port, "backlog"))
     body = await poller.poll(since=ids[1], timeout=30, bound_s=2)
-    assert body == {"messages": [2, 3, 4], "cursor": ids[-1]}
+    assert body == {"messages": [2, 3, 4], "ids": ids[2:], "cursor": ids[-1]}

@@ -58,7 +58,7 @@ class Clients:
             assert self.ws.close_code == 1001
             assert await self.sse.read_to_end() == []
             assert self.sse.ended
-            assert await self.poll == {"messages": [], "cursor": self.head}
+            assert await self.poll == {"messages": [], "ids": [], "cursor": self.head}
             assert await self.idle.reader.read() == b""  # an idle keep-alive is closed
 
 
@@ -125,7 +125,7 @@ UPGRADE = (
 # (method, target, extra head lines, what the whole response must contain)
 UNDER_WAY = {
     "publish": ("POST", "/api/publish/late", "", b'"published":true'),
-    "poll": ("POST", "/api/poll/late?timeout=30", "", b'{"messages":[],"cursor":'),
+    "poll": ("POST", "/api/poll/late?timeout=30", "", b'{"messages":[],"ids":[],"cursor":'),
     "sse": ("GET", "/api/sse/subscribe/late", "", b'data: {"type":"connected"}'),
     # The 101, then a close frame with code 1001 (0x03e9).
     "websocket": ("GET", "/ws", UPGRADE, b"\r\n\r\n\x88\x16\x03\xe9"),

@@ -90,7 +90,7 @@ async def test_subscribed_id_resumes_a_poll_and_an_sse_stream(
     head = (await ws_subscribe(ws, "head"))["id"]
     after = await server.publish("head", "after")
     poller = await stack.enter_async_context(PollClient(server.port, "head"))
-    assert await poller.poll(since=head) == {"messages": ["after"], "cursor": after}
+    assert await poller.poll(since=head) == {"messages": ["after"], "ids": [after], "cursor": after}
     target = f"/api/sse/subscribe/head?lastEventId={head}"
     sse = await stack.enter_async_context(SseClient(server.port, target))
     events = await sse.events(2)

@@ -184,7 +184,9 @@ def test_pong_and_error_are_json() -> None:
 @given(items=st.lists(json_values, max_size=5), reset=st.booleans())
 def test_poll_body_splices_items_into_valid_json(items: list[Any], reset: bool) -> None:
     encoded = [envelope.canonical_json(v).encode() for v in items]
-    body = json.loads(envelope.poll_body(encoded, "ab-3", reset))
+    ids = [f"ab-{n}" for n in range(1, len(items) + 1)]
+    body = json.loads(envelope.poll_body(encoded, ids, "ab-3", reset))
     assert body["messages"] == items
+    assert body["ids"] == ids
     assert body["cursor"] == "ab-3"
     assert body.get("reset", False) is reset

@@ -189,8 +189,17 @@ def authenticated(sub: str, exp: float) -> str:
     return f'{{"type":"authenticated","sub":{_q(sub)},"exp":{exp_json}}}'
 
 
-def poll_body(data_items: list[bytes], cursor: str, reset: bool = False) -> bytes:
-    """`{"messages":[...],"cursor":ID}` with each item's JSON spliced in as it is."""
+def poll_body(data_items: list[bytes], ids: list[str], cursor: str, reset: bool = False) -> bytes:
+    """`{"messages":[...],"ids":[...],"cursor":ID}` with each item's JSON spliced in as it is.
+
+    `ids[i]` is the id of `messages[i]`, the one its publish answered, so a client can tell
+    each message by it without reading an opaque cursor; clients that know only `messages`
+    and `cursor` (the reference design's) ignore it. Ids are rawrt's own short ASCII
+    (rawrt.wire.ids), which need no JSON escaping.
+    """
     tail = b',"reset":true}' if reset else b"}"
     items = b",".join(data_items)
-    return b'{"messages":[' + items + b'],"cursor":"' + cursor.encode() + b'"' + tail
+    quoted = ",".join(f'"{i}"' for i in ids).encode()
+    return (
+        b'{"messages":[' + items + b'],"ids":[' + quoted + b'],"cursor":"' + cursor.encode() + b'"'
+    ) + tail

@@ -31,6 +31,7 @@ REASONS = {
     101: "Switching Protocols",
     200: "OK",
     204: "No Content",
+    304: "Not Modified",
     400: "Bad Request",
     404: "Not Found",
     405: "Method Not Allowed",
