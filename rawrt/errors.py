@@ -70,6 +70,8 @@ class BadMessage(RawrtError):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+        # The `ref` (JSON text) of the publish frame refused, so its answer can name it.
+        self.ref: str | None = None
 
 
 class BackplaneUnavailable(RawrtError):

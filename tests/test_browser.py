@@ -499,3 +499,26 @@ async def test_a_page_made_visible_finds_its_dead_websocket_and_resumes(
     await page.wait_for_count(2)  # the ping went unanswered: a new socket, resumed
     assert len(connections) == 2
     assert ids_and_data(await page.received()) == sent
+
+
+@pytest.mark.parametrize("transport", ["websocket", "sse"])
+async def test_publish_goes_over_the_websocket_when_open_else_http_and_answers_the_id(
+    server: rawrt.Server, browser: Any, transport: str
+) -> None:
+    page = await open_client(browser, server.url, "mine", transports=[transport])
+    posts: list[str] = []
+    page.page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+    await page.wait_for_transport(transport)
+    sent = []
+    for n in range(3):
+        sent.append((await page.value(f"window.rt.publish('mine', {{n: {n}}})"), {"n": n}))
+    await page.wait_for_count(3)
+    assert ids_and_data(await page.received()) == sent  # the ids the publishes resolved to
+    assert len(posts) == (0 if transport == "websocket" else 3)
+    # A refused publish rejects at once on either path (no channel: 400 or an error frame).
+    refused = await page.value(
+        "window.rt.publish('', 1).then(() => 'published', (e) => e.reason || String(e.status))"
+    )
+    assert refused == (
+        "'channel' must be a non-empty string" if transport == "websocket" else "404"
+    )

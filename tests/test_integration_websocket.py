@@ -169,3 +169,53 @@ async def test_client_ping_frame_gets_a_pong_with_its_payload(
     async with asyncio.timeout(5):
         latency = await (await ws.ping(b"are you there"))
     assert latency >= 0
+
+
+async def test_publish_with_a_ref_is_answered_with_its_id_and_reaches_every_transport(
+    server: rawrt.Server, stack: Stack
+) -> None:
+    sse = await stack.enter_async_context(SseClient(server.port, "/api/sse/subscribe/acks"))
+    await sse.next_event()  # connected
+    poll = asyncio.ensure_future(
+        request(server.port, "GET", "/api/poll/acks?since=" + quote(server.hub.head_id("acks")))
+    )
+    subscriber = await stack.enter_async_context(ws_connect(server.port))
+    await ws_subscribe(subscriber, "acks")
+    publisher = await stack.enter_async_context(ws_connect(server.port))
+    for ref in (7, "second"):
+        await publisher.send(
+            json.dumps({"type": "publish", "channel": "acks", "data": ref, "ref": ref})
+        )
+    acks = await ws_recv_many(publisher, 2)
+    assert [(a["type"], a["channel"], a["ref"]) for a in acks] == [
+        ("published", "acks", 7),
+        ("published", "acks", "second"),
+    ]
+    delivered = await ws_recv_many(subscriber, 2)
+    assert [(m["data"], m["id"]) for m in delivered] == [
+        (7, acks[0]["id"]),
+        ("second", acks[1]["id"]),
+    ]
+    event = await sse.next_event()
+    assert (event.last_event_id, event_json(event)) == (acks[0]["id"], 7)
+    answer = json.loads((await asyncio.wait_for(poll, 5)).body)
+    assert answer["messages"][0] == 7 and answer["ids"][0] == acks[0]["id"]
+
+
+async def test_publish_without_a_ref_gets_no_answer_and_a_bad_ref_an_error_frame(
+    server: rawrt.Server, stack: Stack
+) -> None:
+    start = server.hub.head_id("quiet")
+    ws = await stack.enter_async_context(ws_connect(server.port))
+    await ws.send(json.dumps({"type": "publish", "channel": "quiet", "data": 1}))
+    await ws.send(json.dumps({"type": "publish", "channel": "quiet", "data": 2, "ref": [1]}))
+    await ws.send(json.dumps({"type": "publish", "channel": "quiet", "data": 3, "ref": "x" * 65}))
+    await ws.send(json.dumps({"type": "ping"}))
+    frames = await ws_recv_many(ws, 3)
+    assert [f["type"] for f in frames] == ["error", "error", "pong"]  # nothing for the first
+    assert all("'ref'" in f["reason"] for f in frames[:2])
+    # The refused publishes published nothing; the first one did.
+    answer = json.loads(
+        (await request(server.port, "GET", "/api/poll/quiet?since=" + quote(start))).body
+    )
+    assert answer["messages"] == [1]

@@ -32,10 +32,15 @@
 //
 // Tokens: `token` (a string) or `getToken` (an async function returning one). A WebSocket
 // sends it in an auth frame first (browsers cannot set headers on it), EventSource and poll
-// URLs carry it as the `token` parameter, and publish sends `Authorization: Bearer`. With
+// URLs carry it as the `token` parameter, and an HTTP publish sends `Authorization: Bearer`. With
 // neither, a `rawrt_token` cookie does (set `withCredentials` when rawrt is another origin). A 401, a
 // close with 4401, or a stream failing when the token is about to run out asks `getToken`
 // for a fresh one before the next attempt.
+//
+// Publishing: over the WebSocket while one is proven (the publish frame carries a `ref`, and
+// the server answers `published` with the id), otherwise over HTTP (`POST /api/publish`).
+// A publish whose socket drops before its answer is rejected with `error.unknown` set: it may
+// or may not have been published, so it is not sent again behind the application's back.
 
 const DEFAULTS = {
   transports: ["websocket", "sse", "poll"],
@@ -50,6 +55,7 @@ const DEFAULTS = {
   pollTimeoutS: 25, // below proxies' 60 s read timeouts
   pingTimeoutMs: 5000, // a check (page visible again) waits this long for a pong
   refreshBeforeMs: 10000, // ask getToken this long before the token's `exp`
+  publishTimeoutMs: 10000, // a publish over the WebSocket not answered by then is rejected
 };
 
 const STATES = ["connecting", "connected", "disconnected", "closed"];
@@ -139,6 +145,8 @@ export class Rawrt {
 
   /** Publish `data` (any JSON) to `channel`; resolves to the message's id. */
   async publish(channel, data) {
+    const link = this._link;
+    if (link && link.proven && link.publish) return link.publish(channel, data);
     const body = JSON.stringify(data === undefined ? null : data);
     for (let refreshed = false; ; refreshed = true) {
       const headers = { "Content-Type": "application/json" };
@@ -469,6 +477,34 @@ class WebSocketLink {
     this.probing = false;
     this.ws = null;
     this.stopped = false;
+    this.pending = new Map(); // ref -> { resolve, reject, timer } of publishes sent
+    this.nextRef = 1;
+  }
+
+  /** Publish over this socket; the server answers the frame's `ref` with the id. */
+  publish(channel, data) {
+    if (!this.ws || this.ws.readyState !== WebSocket.OPEN) {
+      return Promise.reject(Object.assign(new Error("rawrt: not connected"), { unknown: false }));
+    }
+    const ref = this.nextRef++;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(ref);
+        reject(Object.assign(new Error("rawrt: publish not answered"), { unknown: true }));
+      }, this.client.options.publishTimeoutMs);
+      this.pending.set(ref, { resolve, reject, timer });
+      this.send({ type: "publish", channel, data: data === undefined ? null : data, ref });
+    });
+  }
+
+  /** The answer (`published`, or an error frame) to the publish that carried `ref`. */
+  answered(ref, error, id) {
+    const waiting = this.pending.get(ref);
+    if (!waiting) return;
+    this.pending.delete(ref);
+    clearTimeout(waiting.timer);
+    if (error) waiting.reject(error);
+    else waiting.resolve(id);
   }
 
   async start() {
@@ -514,9 +550,20 @@ class WebSocketLink {
       case "reset":
         client._reset(this, frame.channel, frame.id);
         break;
-      case "error":
-        client._emit("error", Object.assign(new Error(frame.reason || frame.data), frame));
+      case "published":
+        this.answered(frame.ref, null, frame.id);
         break;
+      case "error": {
+        const error = Object.assign(new Error(frame.reason || frame.data), frame);
+        if (frame.ref !== undefined) {
+          const statuses = { Unauthorized: 401, Forbidden: 403, "Rate limited": 429 };
+          error.status = statuses[frame.data] || 503; // "Server busy", "Publish failed"
+          this.answered(frame.ref, error);
+        } else {
+          client._emit("error", error);
+        }
+        break;
+      }
     }
   }
 
@@ -558,6 +605,10 @@ class WebSocketLink {
 
   stop() {
     this.stopped = true;
+    for (const ref of [...this.pending.keys()]) {
+      const error = new Error("rawrt: the connection closed before the publish was answered");
+      this.answered(ref, Object.assign(error, { unknown: true }));
+    }
     if (this.ws) {
       this.ws.onclose = this.ws.onmessage = this.ws.onopen = null;
       if (this.ws.readyState <= WebSocket.OPEN) this.ws.close(1000);

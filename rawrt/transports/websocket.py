@@ -20,6 +20,7 @@ subscriptions.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -325,7 +326,7 @@ class ChannelSocket(WebSocketSession):
             command = envelope.parse_client_message(data, self._host.config.max_channel_bytes)
             self._handle(command)
         except BadMessage as exc:
-            self.send_text(envelope.error(exc.reason))
+            self.send_text(envelope.error(exc.reason, ref=exc.ref))
         except (HubFull, NotAttached) as exc:
             self.send_text(envelope.error(str(exc), data="Server busy"))
 
@@ -337,24 +338,38 @@ class ChannelSocket(WebSocketSession):
         elif isinstance(command, envelope.Unsubscribe):
             self._unsubscribe(command.channel)
         elif isinstance(command, envelope.Publish):
-            if self._allowed(access.check_publish, command.channel):
-                result = self._host.publish_json(command.channel, command.data)
-                if not isinstance(result, str):
-                    result.add_done_callback(self._published)
+            self._publish(command)
         elif isinstance(command, envelope.Auth):
             self._authenticate(command.token)
         else:
             self.send_text(envelope.pong(int(time.time() * 1000)))
 
-    def _allowed(self, check: Callable[[Grant | None, str], None], channel: str) -> bool:
+    def _allowed(
+        self, check: Callable[[Grant | None, str], None], channel: str, ref: str | None = None
+    ) -> bool:
         """Ask the policy; a refusal is an error frame naming the channel, and no more."""
         try:
             check(self._grant, channel)
         except AccessDenied as exc:
             kind = "Unauthorized" if exc.status == 401 else "Forbidden"
-            self.send_text(envelope.error(exc.detail, data=kind, channel=channel))
+            self.send_text(envelope.error(exc.detail, data=kind, channel=channel, ref=ref))
             return False
         return True
+
+    def _publish(self, command: envelope.Publish) -> None:
+        """Publish; a `ref` is answered with `published` and the id, or an error carrying it."""
+        channel, ref = command.channel, command.ref
+        if not self._allowed(self._host.access.check_publish, channel, ref):
+            return
+        try:
+            result = self._host.publish_json(channel, command.data)
+        except (HubFull, NotAttached) as exc:
+            self.send_text(envelope.error(str(exc), data="Server busy", channel=channel, ref=ref))
+            return
+        if not isinstance(result, str):
+            result.add_done_callback(functools.partial(self._published, channel, ref))
+        elif ref is not None:
+            self.send_text(envelope.published(channel, result, ref))
 
     # --- tokens ----------------------------------------------------------------------------
 
@@ -433,10 +448,16 @@ class ChannelSocket(WebSocketSession):
         elif not self._write_paused and self._transport is not None:
             self._transport.resume_reading()
 
-    def _published(self, result: asyncio.Future[str]) -> None:
-        """A publish the backplane could not take gets an error frame (order is kept)."""
-        if not result.cancelled() and result.exception() is not None:
-            self.send_text(envelope.error(str(result.exception()), data="Publish failed"))
+    def _published(self, channel: str, ref: str | None, result: asyncio.Future[str]) -> None:
+        """The backplane's answer: an error frame if it could not take the publish, else the
+        `published` answer a `ref` asked for (answers keep the order of the publishes)."""
+        if result.cancelled():
+            return
+        failure = result.exception()
+        if failure is not None:
+            self.send_text(envelope.error(str(failure), data="Publish failed", ref=ref))
+        elif ref is not None:
+            self.send_text(envelope.published(channel, result.result(), ref))
 
     def _unsubscribe(self, channel: str) -> None:
         sub = self._subs.pop(channel, None)

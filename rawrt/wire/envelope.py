@@ -4,7 +4,7 @@ Client to server, as WebSocket text frames:
 
     {"type": "subscribe",   "channel": C, "since": ID?}
     {"type": "unsubscribe", "channel": C}
-    {"type": "publish",     "channel": C, "data": ANY}
+    {"type": "publish",     "channel": C, "data": ANY, "ref": R?}   R: see `published`
     {"type": "ping"}
     {"type": "auth",        "token": T}                  a token, first or to refresh one
 
@@ -18,6 +18,13 @@ Server to client:
     {"type": "error",      "data": "Invalid message format", "reason": TEXT}
     {"type": "error",      "data": "Unauthorized"|"Forbidden", "reason": TEXT, "channel": C}
     {"type": "authenticated", "sub": S, "exp": SECONDS}   an auth frame was accepted
+    {"type": "published",  "channel": C, "id": ID, "ref": R}  the publish that carried `ref`
+
+A publish frame may carry a `ref` (a short string or a non-negative integer the client picks):
+the server then answers it with `published` and the message's id once it has one, and any error
+frame about that publish carries the same `ref`, so a client can await its own publishes over
+the socket as it would over HTTP. Without a `ref` a publish is answered only when it fails, as in
+the reference design.
 
 Message data is kept as canonical JSON text (compact, no raw control characters), produced
 once per publish. Everything that carries it (a WebSocket envelope, an SSE `data:` line, a
@@ -47,6 +54,7 @@ __all__ = [
     "parse_data",
     "poll_body",
     "pong",
+    "published",
     "reset",
     "subscribed",
     "unsubscribed",
@@ -70,6 +78,7 @@ class Unsubscribe:
 class Publish:
     channel: str
     data: str  # canonical JSON text
+    ref: str | None = None  # the client's `ref`, as JSON text, when it wants an answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +134,13 @@ def parse_client_message(text: str, max_channel_bytes: int) -> ClientMessage:
     if kind == "auth":
         token = obj.get("token")
         return Auth(token if isinstance(token, str) and token else None)
+    if kind == "publish":
+        ref = _ref(obj.get("ref"))
+        try:
+            return Publish(_channel(obj, max_channel_bytes), canonical_json(obj.get("data")), ref)
+        except BadMessage as exc:
+            exc.ref = ref  # the refusal answers that publish
+            raise
     channel = _channel(obj, max_channel_bytes)
     if kind == "subscribe":
         since = obj.get("since")
@@ -133,8 +149,6 @@ def parse_client_message(text: str, max_channel_bytes: int) -> ClientMessage:
         return Subscribe(channel, since)
     if kind == "unsubscribe":
         return Unsubscribe(channel)
-    if kind == "publish":
-        return Publish(channel, canonical_json(obj.get("data")))
     raise BadMessage(f"unknown type {kind!r}")
 
 
@@ -145,6 +159,21 @@ def _channel(obj: dict[str, Any], max_bytes: int) -> str:
     if len(channel.encode("utf-8", "surrogatepass")) > max_bytes:
         raise BadMessage(f"'channel' is longer than {max_bytes} bytes")
     return channel
+
+
+# A ref is echoed back, so it is kept small: a client needs only to tell its publishes apart.
+_MAX_REF_CHARS = 64
+
+
+def _ref(value: Any) -> str | None:
+    """The JSON text of a publish's `ref`, or None when it has none."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53:
+        return str(value)
+    if isinstance(value, str) and len(value) <= _MAX_REF_CHARS:
+        return _q(value)
+    raise BadMessage(f"'ref' must be a string of at most {_MAX_REF_CHARS} characters or an integer")
 
 
 def _q(text: str) -> str:
@@ -177,11 +206,19 @@ def pong(timestamp_ms: int) -> str:
     return f'{{"type":"pong","timestamp":{timestamp_ms}}}'
 
 
-def error(reason: str, data: str = INVALID_FORMAT, channel: str | None = None) -> str:
+def error(
+    reason: str, data: str = INVALID_FORMAT, channel: str | None = None, ref: str | None = None
+) -> str:
+    """An error frame; `ref` (JSON text) names the publish it answers."""
     value = {"type": "error", "data": data, "reason": reason}
     if channel is not None:
         value["channel"] = channel
-    return canonical_json(value)
+    text = canonical_json(value)
+    return text if ref is None else f'{text[:-1]},"ref":{ref}}}'
+
+
+def published(channel: str, message_id: str, ref: str) -> str:
+    return f'{{"type":"published","channel":{_q(channel)},"id":"{message_id}","ref":{ref}}}'
 
 
 def authenticated(sub: str, exp: float) -> str:
