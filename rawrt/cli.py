@@ -36,6 +36,13 @@ HELP = {
     "max_body_bytes": "largest HTTP request body; larger ones get 413",
     "echo_path": "serve a WebSocket echo endpoint here (for Autobahn); off by default",
     "redis_url": "redis://HOST:PORT/DB: share channels with other nodes through Redis",
+    "redis_sentinel": "HOST:PORT[,HOST:PORT...] of Redis Sentinels that find the primary "
+    "(with --redis-master; instead of --redis); follows failovers",
+    "redis_master": "the master name the Sentinels watch (with --redis-sentinel)",
+    "redis_max_connections": "connections a node opens to Redis at most (3 or more): "
+    "pub/sub, publishes, and the rest take snapshots",
+    "redis_max_pending_attaches": "channels waiting to attach through Redis at once; "
+    "more are refused with 503 / an error frame",
     "workers": "processes sharing the port (needs --redis)",
 }
 # Short option names users expect; the long forms stay valid.
@@ -45,6 +52,8 @@ ALIASES = {
     "sse_heartbeat_s": "--sse-heartbeat",
     "poll_timeout_s": "--poll-timeout",
     "redis_url": "--redis",
+    "redis_sentinel": "--redis-sentinel",
+    "redis_master": "--redis-master",
 }
 
 

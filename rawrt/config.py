@@ -90,6 +90,19 @@ class Config:
     # --- scale-out ---------------------------------------------------------------------------
     # redis://host:port/db for the shared backplane; None keeps everything in this process.
     redis_url: str | None = None
+    # Or find the primary through Sentinel (redis-py's master_for), following its failovers:
+    # the Sentinels as HOST:PORT[,HOST:PORT...] ...
+    redis_sentinel: str | None = None
+    # ... and the name of the master they watch. Both, or neither (then redis_url, if any).
+    redis_master: str | None = None
+    # Connections a node holds to Redis at most: one for pub/sub, one for publishes, the rest
+    # take snapshots (attaches, re-syncs) in parallel. A burst of attaches queues for these
+    # (pipelined) instead of opening a connection each; at least 3.
+    redis_max_connections: int = 4
+    # Channels waiting to attach at once (subscribe and snapshot); past this one more is
+    # refused at once (503, an error frame, SSE's retry), like any overload. Above
+    # max_channels, so that a node restarting under load takes all its clients back.
+    redis_max_pending_attaches: int = 12_000
     # Processes sharing the port with SO_REUSEPORT; more than one requires redis_url.
     workers: int = 1
     # Prefix of every Redis key and pub/sub channel rawrt uses.
@@ -146,6 +159,7 @@ def _problems(c: Config) -> list[str]:
         "workers",
         "redis_timeout_s",
         "max_pending_publishes",
+        "redis_max_pending_attaches",
     )
     for name in positive:
         value = getattr(c, name)
@@ -166,6 +180,22 @@ def _problems(c: Config) -> list[str]:
         found.append("cors_origin must be a single header value")
     if c.echo_path is not None and not c.echo_path.startswith("/"):
         found.append("echo_path must start with '/'")
-    if c.workers > 1 and not c.redis_url:
+    if c.workers > 1 and not (c.redis_url or c.redis_master):
         found.append("workers > 1 needs redis_url: processes share channels through Redis")
+    found += _redis_problems(c)
+    return found
+
+
+def _redis_problems(c: Config) -> list[str]:
+    found: list[str] = []
+    if (c.redis_sentinel is None) != (c.redis_master is None):
+        found.append("redis_sentinel and redis_master go together: Sentinels and a master name")
+    if c.redis_sentinel is not None and c.redis_url:
+        found.append("redis_url and redis_sentinel both name a Redis: give one")
+    for item in (c.redis_sentinel or "").split(",") if c.redis_sentinel is not None else []:
+        host, _, port = item.strip().rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            found.append(f"redis_sentinel must be HOST:PORT[,HOST:PORT...], not {item!r}")
+    if c.redis_max_connections < 3:
+        found.append("redis_max_connections must be at least 3 (pub/sub, publish, snapshot)")
     return found

@@ -202,7 +202,7 @@ class Server:
     def _schedule_sweep(self) -> None:
         c = self.config
         period = min(c.ping_interval_s, c.ping_timeout_s, c.sse_heartbeat_s)
-        if c.redis_url:
+        if c.redis_url or c.redis_master:
             period = min(period, max(c.redis_linger_s, _MIN_SWEEP_S))
         delay = max(_MIN_SWEEP_S, period / _SWEEPS_PER_PERIOD)
         assert self._loop is not None
@@ -221,7 +221,7 @@ class Server:
 
 
 def _backplane_for(config: Config) -> Backplane:
-    if not config.redis_url:
+    if not (config.redis_url or config.redis_master):
         return LocalBackplane()
     from rawrt.backplane.redis import RedisBackplane  # redis is an optional dependency
 

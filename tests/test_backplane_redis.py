@@ -201,6 +201,7 @@ async def test_one_redis_command_per_publish_never_one_per_subscriber(
 # Commands run inside the publish script, and this test's own.
 _SCRIPT_AND_ADMIN = {
     "cmdstat_hget",
+    "cmdstat_hmget",
     "cmdstat_hset",
     "cmdstat_del",
     "cmdstat_hincrby",

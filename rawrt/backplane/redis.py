@@ -2,27 +2,40 @@
 
 Theory of operation
 -------------------
-Redis holds, per channel C, a hash `{prefix}:{C}:h` (the history's epoch `e` and last
-sequence number `s`) and a capped stream `{prefix}:{C}:x` (the history: entry `<seq>-0`
-with fields `d`, the data's JSON, and `t`, the timestamp). One Lua script numbers a publish,
-appends it to the stream and PUBLISHes `"<epoch> <seq> <ts> <data>"` on `{prefix}:m:C`, all
-atomically: one round trip per publish, and a node's queued publishes share one pipeline.
+Redis holds, per channel C, a hash (the history's epoch, last sequence number and the
+identity of the Redis lineage that wrote it) and a capped stream (the history); the Lua
+scripts of `rawrt.backplane.redis_scripts` number a publish, append it and PUBLISH
+`"<epoch> <seq> <ts> <data>"` on `{prefix}:m:C`, all atomically, and start a new epoch
+whenever the live Redis is not the lineage that wrote the channel: after a restart or a
+failover, when Redis may have lost acknowledged writes, ids are never reused (that module
+says why this is race-free).
 
 A node subscribes to a channel's pub/sub only while it has local subscribers (plus a short
 linger), one subscription per channel, never per client. Attaching is:
 
 1. SUBSCRIBE, and wait for Redis to confirm it: from then on every publish reaches us;
-2. a snapshot of the history (the second script: epoch, head, newest entries), which the
-   hub takes with `sync()`; messages that arrive meanwhile are held and applied after.
+2. a snapshot of the history (epoch, head, newest entries), which the hub takes with
+   `sync()`; messages that arrive meanwhile are held and applied after.
 
 Pub/sub is at most once, so every message is checked against the hub's head: a hole in the
 sequence, or a different epoch, makes the node take a fresh snapshot (`sync()` fills the
 hole from history, or resets readers when history no longer covers it). After the pub/sub
 connection drops, every attached channel is resubscribed and re-synced the same way, so a
-node that missed messages fetches them. If Redis lost the history (a restart without
-persistence, a flush), the scripts start a new epoch and readers get a reset, never a gap.
+node that missed messages fetches them, and a node whose Redis restarted or failed over
+resets its readers at once (the snapshot starts the new epoch), whether or not anything is
+published afterwards.
 
-While Redis is unreachable, live subscribers stay connected, publishes fail fast with
+Connections: one pub/sub connection, one for publishes and the rest (redis_max_connections
+in all) for snapshots. Work queues for them instead of opening more: publishes queued
+together share one pipeline, snapshots too, and SUBSCRIBE/UNSUBSCRIBE wishes made together
+go out as one command each. A burst of attaches (a node restarting, its clients coming back)
+costs a few round trips, not a connection each; past redis_max_pending_attaches channels
+waiting, a new one is refused like any overload (503, an error frame, SSE's retry).
+
+Redis is found by URL or through Sentinel (`master_for`): every new connection asks the
+Sentinels for the primary, and the pub/sub reader checks each second that its connection is
+still on the primary Sentinel names, so both connections follow a failover. While Redis is
+unreachable, live subscribers stay connected, publishes fail within redis_timeout_s with
 BackplaneUnavailable (503), `ready` is False, and the node reconnects with backoff.
 """
 
@@ -38,10 +51,13 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
 
+from rawrt.backplane.redis_scripts import PUBLISH, SNAPSHOT
 from rawrt.config import Config
 from rawrt.errors import BackplaneUnavailable
 from rawrt.hub import Entry, Hub, HubFull
@@ -51,49 +67,18 @@ __all__ = ["RedisBackplane"]
 
 log = logging.getLogger("rawrt")
 
-# Both scripts start here. KEYS: hash, stream. ARGV[1]: a candidate epoch, ARGV[2]: ttl
-# seconds (0: keep). A missing hash means the history is gone (or never was): start a new
-# epoch and drop any stream left behind, so ids of the old lifetime can never match.
-_EPOCH = """
-local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', epoch, 's', 0)
-end
-if tonumber(ARGV[2]) > 0 then
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
-  redis.call('EXPIRE', KEYS[2], ARGV[2])
-end
-"""
-
-# ARGV[3..6]: data, timestamp, history size, pub/sub channel. Returns the epoch and seq.
-_PUBLISH = (
-    _EPOCH
-    + """
-local seq = redis.call('HINCRBY', KEYS[1], 's', 1)
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], seq .. '-0', 'd', ARGV[3], 't', ARGV[4])
-redis.call('PUBLISH', ARGV[6], epoch .. ' ' .. seq .. ' ' .. ARGV[4] .. ' ' .. ARGV[3])
-return {epoch, seq}
-"""
-)
-
-# ARGV[3]: history size. Returns the epoch, the head seq and the newest entries, newest
-# first: one consistent snapshot.
-_SNAPSHOT = (
-    _EPOCH
-    + """
-local seq = redis.call('HGET', KEYS[1], 's')
-return {epoch, seq, redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[3])}
-"""
-)
-
 # What a client is told when Redis cannot be used.
 _UNAVAILABLE = "the backplane (Redis) is unavailable"
 # A pub/sub connection quiet for this long is pinged.
 _QUIET_S = 1.0
-# Publishes sent in one pipeline at most; more wait for the next round trip.
+# Publishes (or snapshots) sent in one pipeline at most; more wait for the next round trip.
 _BATCH = 256
+# Channels named in one SUBSCRIBE or UNSUBSCRIBE command at most.
+_SUBSCRIBE_BATCH = 1000
+# With Sentinel, the reader checks this often that its connection is still on the primary.
+_PRIMARY_CHECK_S = 1.0
+# Connections that are not for snapshots: pub/sub and publishes.
+_OTHER_CONNECTIONS = 2
 # Reconnection backoff, doubling from the first to the last.
 _BACKOFF_S = (0.05, 5.0)
 # Messages held per channel while its snapshot is taken; past this the snapshot is retaken.
@@ -113,28 +98,35 @@ class _Attachment:
         self.syncing: asyncio.Future[None] | None = None  # a re-sync in progress
 
 
+_Snapshot = tuple[str, int, list[Entry]]
+
+
 class RedisBackplane:
+    """One Redis (by `url`) or one Sentinel group (by `master`); see the module docstring.
+
+    With neither, the target comes from the config: redis_url, else redis_master through
+    redis_sentinel.
+    """
+
     assigns_ids_locally = False
 
-    def __init__(self, config: Config) -> None:
-        assert config.redis_url
+    def __init__(self, config: Config, *, url: str | None = None, master: str | None = None):
+        assert url is None or master is None, "one target: a URL or a Sentinel master"
         self._config = config
         self._prefix = config.redis_prefix
-        self._client = aioredis.Redis.from_url(
-            config.redis_url,
-            socket_timeout=config.redis_timeout_s,
-            socket_connect_timeout=config.redis_timeout_s,
-            # One retry, at once: enough to replace a pooled connection a Redis restart left
-            # dead, not enough to hang a publish while Redis is down.
-            retry=Retry(NoBackoff(), 1),
-            decode_responses=False,
-        )
-        self._publish_script = self._client.register_script(_PUBLISH)
-        self._snapshot_script = self._client.register_script(_SNAPSHOT)
+        self._client, self._sentinel = _client_for(config, url, master)
+        self._publish_sha = self._client.register_script(PUBLISH).sha
+        self._snapshot_sha = self._client.register_script(SNAPSHOT).sha
         self._hub: Hub | None = None
         self._attached: dict[str, _Attachment] = {}
+        self._attaching = 0  # attachments not ready yet (bounded: redis_max_pending_attaches)
         self._queue: deque[tuple[str, str, int, asyncio.Future[str]]] = deque()
         self._queued = asyncio.Event()
+        # At most one per attachment being synced, so bounded by the channels followed.
+        self._snapshots: deque[tuple[str, asyncio.Future[_Snapshot]]] = deque()
+        self._snapshots_queued = asyncio.Event()
+        self._wishes: dict[str, bool] = {}  # pub/sub topic -> subscribe (True) or not, to send
+        self._wished = asyncio.Event()
         self._pubsub: PubSub | None = None
         self._connected = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -149,9 +141,15 @@ class RedisBackplane:
     async def start(self, hub: Hub) -> None:
         """Start the publisher and the pub/sub reader; returns without waiting for Redis."""
         self._hub = hub
+        snapshotters = self._config.redis_max_connections - _OTHER_CONNECTIONS
         self._tasks = [
             asyncio.create_task(self._publisher(), name="rawrt-redis-publisher"),
             asyncio.create_task(self._reader(), name="rawrt-redis-reader"),
+            asyncio.create_task(self._subscriber(), name="rawrt-redis-subscriber"),
+            *(
+                asyncio.create_task(self._snapshotter(), name="rawrt-redis-snapshots")
+                for _ in range(snapshotters)
+            ),
         ]
 
     async def stop(self) -> None:
@@ -161,8 +159,12 @@ class RedisBackplane:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._fail_queue(BackplaneUnavailable("server stopping"))
+        self._fail_snapshots(BackplaneUnavailable("server stopping"))
         await self._close_pubsub()
         await self._client.aclose()
+        if self._sentinel is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._sentinel.aclose()
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
@@ -183,13 +185,11 @@ class RedisBackplane:
     async def _publisher(self) -> None:
         """Send queued publishes in order, a pipeline of up to _BATCH per round trip."""
         while True:
-            await self._queued.wait()
-            batch = [self._queue.popleft() for _ in range(min(_BATCH, len(self._queue)))]
-            if not self._queue:
-                self._queued.clear()
+            batch = await _take(self._queue, self._queued)
             try:
-                results = await self._run_batch(batch)
-            except (RedisError, OSError) as exc:
+                async with asyncio.timeout(self._config.redis_timeout_s):
+                    results = await self._run_batch(batch)
+            except (TimeoutError, RedisError, OSError) as exc:
                 log.warning("publishing %d messages failed: %s", len(batch), exc)
                 results = [BackplaneUnavailable(_UNAVAILABLE)] * len(batch)
             except Exception:  # a bug: fail these publishes, keep serving the next ones
@@ -211,10 +211,10 @@ class RedisBackplane:
         # commands in order, so every EVALSHA after it finds the script, even right after a
         # restart emptied the script cache. One round trip per batch.
         async with self._client.pipeline(transaction=False) as pipe:
-            pipe.script_load(_PUBLISH)
+            pipe.script_load(PUBLISH)
             for channel, data_json, timestamp_ms, _ in batch:
                 pipe.evalsha(
-                    self._publish_script.sha,
+                    self._publish_sha,
                     2,
                     *self._keys(channel),
                     _new_epoch(),
@@ -234,6 +234,80 @@ class RedisBackplane:
             if not future.done():
                 future.set_exception(error)
 
+    # --- snapshots -------------------------------------------------------------------------
+
+    async def _snapshot(self, channel: str) -> _Snapshot:
+        """A consistent snapshot of `channel`'s shared history, taken with others queued."""
+        future: asyncio.Future[_Snapshot] = asyncio.get_running_loop().create_future()
+        self._snapshots.append((channel, future))
+        self._snapshots_queued.set()
+        return await future
+
+    async def _snapshotter(self) -> None:
+        """Take queued snapshots, a pipeline of up to _BATCH per round trip."""
+        while True:
+            batch = await _take(self._snapshots, self._snapshots_queued)
+            try:
+                async with asyncio.timeout(self._config.redis_timeout_s):
+                    results = await self._run_snapshots([c for c, _ in batch])
+            except (TimeoutError, RedisError, OSError) as exc:
+                # The ones still queued would fail the same way, one timeout after another.
+                error = _unavailable(exc)
+                results = [error] * len(batch)
+                self._fail_snapshots(error)
+            for (_, future), result in zip(batch, results, strict=True):
+                if future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    future.set_exception(_unavailable(result))
+                else:
+                    epoch, head, raw = result
+                    entries = [_entry(entry_id, fields) for entry_id, fields in reversed(raw)]
+                    future.set_result((epoch.decode(), int(head), entries))
+
+    async def _run_snapshots(self, channels: list[str]) -> list[Any]:
+        # As _run_batch: SCRIPT LOAD first, so that EVALSHA finds the script after a restart.
+        args = [self._config.redis_history_ttl_s, self._config.history_size]
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.script_load(SNAPSHOT)
+            for channel in channels:
+                pipe.evalsha(self._snapshot_sha, 2, *self._keys(channel), _new_epoch(), *args)
+            results = list(await pipe.execute(raise_on_error=False))
+        return results[1:]
+
+    def _fail_snapshots(self, error: BaseException) -> None:
+        while self._snapshots:
+            future = self._snapshots.popleft()[1]
+            if not future.done():
+                future.set_exception(error)
+
+    # --- subscribing -----------------------------------------------------------------------
+
+    def _wish(self, channel: str, subscribed: bool) -> None:
+        """Ask for a channel's pub/sub to be (un)subscribed; the last wish wins."""
+        self._wishes[self._topic(channel)] = subscribed
+        self._wished.set()
+
+    async def _subscriber(self) -> None:
+        """Send the wishes, up to _SUBSCRIBE_BATCH channels per command, one at a time."""
+        while True:
+            await self._wished.wait()
+            topics = list(self._wishes)[:_SUBSCRIBE_BATCH]
+            wanted = [self._wishes.pop(t) for t in topics]
+            if not self._wishes:
+                self._wished.clear()
+            pubsub = self._pubsub
+            if pubsub is None:
+                continue  # the reconnect subscribes every attached channel itself
+            try:
+                if on := [t for t, w in zip(topics, wanted, strict=True) if w]:
+                    await pubsub.subscribe(*on)
+                off = [t for t, w in zip(topics, wanted, strict=True) if not w]
+                if off := [t for t in off if t[len(self._prefix) + 3 :] not in self._attached]:
+                    await pubsub.unsubscribe(*off)
+            except (RedisError, OSError) as exc:
+                log.info("subscribing failed (%s); the reader reconnects", exc)
+
     # --- attaching channels ----------------------------------------------------------------
 
     def attach(self, channel: str, since: str | None = None) -> asyncio.Future[None] | None:
@@ -247,9 +321,19 @@ class RedisBackplane:
             syncing = self._start_sync(channel, attachment)
             return asyncio.ensure_future(self._synced_within_timeout(syncing))
         if attachment is None:
-            attachment = self._attached[channel] = _Attachment(asyncio.get_running_loop())
+            loop = asyncio.get_running_loop()
+            if self._attaching >= self._config.redis_max_pending_attaches:
+                refused: asyncio.Future[None] = loop.create_future()
+                refused.set_exception(BackplaneUnavailable("too many channels attaching"))
+                return refused
+            attachment = self._attached[channel] = _Attachment(loop)
+            self._attaching += 1
+            attachment.ready.add_done_callback(self._attached_one)
             self._spawn(self._attach(channel, attachment))
         return attachment.ready
+
+    def _attached_one(self, _: asyncio.Future[None]) -> None:
+        self._attaching -= 1
 
     async def _synced_within_timeout(self, syncing: asyncio.Future[None]) -> None:
         """Wait for a re-sync, but no longer than redis_timeout_s.
@@ -270,7 +354,7 @@ class RedisBackplane:
         try:
             if self._pubsub is None or not self._connected:
                 raise BackplaneUnavailable("Redis is not connected")
-            await self._pubsub.subscribe(self._topic(channel))
+            self._wish(channel, True)
             await asyncio.wait_for(
                 asyncio.shield(attachment.confirmed), self._config.redis_timeout_s
             )
@@ -302,14 +386,6 @@ class RedisBackplane:
             attachment.held = []  # a hole even after the snapshot: take another
         raise BackplaneUnavailable(f"could not sync channel {channel!r}")
 
-    async def _snapshot(self, channel: str) -> tuple[str, int, list[Entry]]:
-        epoch, head, raw = await self._snapshot_script(
-            keys=self._keys(channel),
-            args=[_new_epoch(), self._config.redis_history_ttl_s, self._config.history_size],
-        )
-        entries = [_entry(entry_id, fields) for entry_id, fields in reversed(raw)]
-        return epoch.decode(), int(head), entries
-
     def on_evict(self, channel: str) -> None:
         self._detach(channel)
 
@@ -329,12 +405,7 @@ class RedisBackplane:
 
     def _detach(self, channel: str) -> None:
         if self._attached.pop(channel, None) is not None and self._pubsub is not None:
-            self._spawn(self._unsubscribe(channel))
-
-    async def _unsubscribe(self, channel: str) -> None:
-        if self._pubsub is not None and channel not in self._attached:
-            with contextlib.suppress(RedisError, OSError):
-                await self._pubsub.unsubscribe(self._topic(channel))
+            self._wish(channel, False)
 
     # --- the pub/sub reader ----------------------------------------------------------------
 
@@ -363,8 +434,10 @@ class RedisBackplane:
         for _, attachment in channels:
             attachment.confirmed = asyncio.get_running_loop().create_future()
             attachment.held = []
-        if channels:
-            await pubsub.subscribe(*(self._topic(c) for c, _ in channels))
+        for at in range(0, len(channels), _SUBSCRIBE_BATCH):
+            await pubsub.subscribe(
+                *(self._topic(c) for c, _ in channels[at : at + _SUBSCRIBE_BATCH])
+            )
         self._connected = True
         log.info("connected to Redis; %d channels to re-sync", len(channels))
         for channel, attachment in channels:
@@ -404,7 +477,11 @@ class RedisBackplane:
         pubsub, loop = self._pubsub, asyncio.get_running_loop()
         assert pubsub is not None
         ping_sent: float | None = None
+        checked = loop.time()
         while True:
+            if self._sentinel is not None and loop.time() - checked > _PRIMARY_CHECK_S:
+                await self._check_primary(pubsub)
+                checked = loop.time()
             message = await pubsub.get_message(timeout=_QUIET_S)
             if message is not None:
                 ping_sent = None  # any traffic shows the connection is alive
@@ -415,6 +492,20 @@ class RedisBackplane:
                 ping_sent = loop.time()
             elif loop.time() - ping_sent > self._config.redis_timeout_s:
                 raise TimeoutError("the pub/sub connection stopped answering")
+
+    async def _check_primary(self, pubsub: PubSub) -> None:
+        """Raise when Sentinel names another primary than the one pub/sub is connected to.
+
+        A demoted primary still serves SUBSCRIBE, and even relays what its new primary
+        publishes: nothing else would tell. Asking through the pool also drops its idle
+        command connections to the old primary (redis-py's SentinelConnectionPool).
+        """
+        pool: Any = self._client.connection_pool
+        async with asyncio.timeout(self._config.redis_timeout_s):
+            primary = await pool.get_master_address()
+        connection: Any = pubsub.connection
+        if connection is None or (connection.host, connection.port) != tuple(primary):
+            raise RedisError(f"the primary moved to {primary[0]}:{primary[1]}")
 
     def _on_message(self, message: dict[str, Any]) -> None:
         topic = message["channel"].decode()
@@ -457,6 +548,54 @@ class RedisBackplane:
 
     def _topic(self, channel: str) -> str:
         return f"{self._prefix}:m:{channel}"
+
+
+def _client_for(
+    config: Config, url: str | None, master: str | None
+) -> tuple[aioredis.Redis, Sentinel | None]:
+    """The client of one target, and the Sentinel that finds it (None for a URL)."""
+    if url is None and master is None:
+        url, master = config.redis_url, None if config.redis_url else config.redis_master
+    options: dict[str, Any] = {
+        "socket_timeout": config.redis_timeout_s,
+        "socket_connect_timeout": config.redis_timeout_s,
+        # No retry: a command retried after its connection broke may have run already (a
+        # publish twice). A pooled connection that Redis closed is replaced when it is taken
+        # from the pool, which checks it, so a restart costs no publish...
+        "retry": Retry(NoBackoff(), 0),
+        # ... but only with maintenance notifications off: redis-py 8 skips that check while
+        # they are "auto" (the default), and hands out connections a restart left dead.
+        "maint_notifications_config": MaintNotificationsConfig(enabled=False),
+        "decode_responses": False,
+        "max_connections": config.redis_max_connections,
+        "client_name": f"{config.redis_prefix}-node",  # CLIENT LIST tells rawrt's own apart
+    }
+    if url is not None:
+        return aioredis.Redis.from_url(url, **options), None
+    assert master and config.redis_sentinel, "a Sentinel master needs redis_sentinel"
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        _addresses(config.redis_sentinel),
+        socket_timeout=config.redis_timeout_s,
+        socket_connect_timeout=config.redis_timeout_s,
+    )
+    return sentinel.master_for(master, **options), sentinel
+
+
+def _addresses(text: str) -> list[tuple[str, int]]:
+    """`HOST:PORT,HOST:PORT` (validated by Config) as pairs."""
+    pairs = (item.strip().rpartition(":") for item in text.split(","))
+    return [(host.strip("[]"), int(port)) for host, _, port in pairs]
+
+
+async def _take(queue: deque[Any], queued: asyncio.Event) -> list[Any]:
+    """Up to _BATCH items from `queue`, waiting for one; `queued` is set while it has more."""
+    while not queue:
+        queued.clear()
+        await queued.wait()
+    batch = [queue.popleft() for _ in range(min(_BATCH, len(queue)))]
+    if not queue:
+        queued.clear()
+    return batch
 
 
 def _new_epoch() -> str:
