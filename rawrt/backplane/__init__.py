@@ -11,7 +11,8 @@ A `Backplane` sits between the server and the hub:
   a future to wait on.
 - `ready` says whether publishing can work now (`/readyz`).
 
-Only `rawrt.backplane.redis` imports redis, and only when a Redis URL is configured.
+Only `rawrt.backplane.redis` and its helper `redis_calls` import redis, and only when Redis
+is configured.
 """
 
 from __future__ import annotations

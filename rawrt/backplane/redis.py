@@ -27,10 +27,11 @@ published afterwards.
 
 Connections: one pub/sub connection, one for publishes and the rest (redis_max_connections
 in all) for snapshots. Work queues for them instead of opening more: publishes queued
-together share one pipeline, snapshots too, and SUBSCRIBE/UNSUBSCRIBE wishes made together
-go out as one command each. A burst of attaches (a node restarting, its clients coming back)
-costs a few round trips, not a connection each; past redis_max_pending_attaches channels
-waiting, a new one is refused like any overload (503, an error frame, SSE's retry).
+together share one pipeline, snapshots too (`redis_calls.ScriptQueue`, one worker per
+connection), and SUBSCRIBE/UNSUBSCRIBE wishes made together go out as one command each.
+A burst of attaches (a node restarting, its clients coming back) costs a few round trips,
+not a connection each; past redis_max_pending_attaches channels waiting, a new one is
+refused like any overload (503, an error frame, SSE's retry).
 
 Redis is found by URL or through Sentinel (`master_for`): every new connection asks the
 Sentinels for the primary, and the pub/sub reader checks each second that its connection is
@@ -45,18 +46,13 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections import deque
 from collections.abc import Coroutine
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
-from redis.asyncio.sentinel import Sentinel
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.maint_notifications import MaintNotificationsConfig
-from redis.retry import Retry
 
+from rawrt.backplane.redis_calls import ScriptQueue, client_for, unavailable
 from rawrt.backplane.redis_scripts import PUBLISH, SNAPSHOT
 from rawrt.config import Config
 from rawrt.errors import BackplaneUnavailable
@@ -67,12 +63,8 @@ __all__ = ["RedisBackplane"]
 
 log = logging.getLogger("rawrt")
 
-# What a client is told when Redis cannot be used.
-_UNAVAILABLE = "the backplane (Redis) is unavailable"
 # A pub/sub connection quiet for this long is pinged.
 _QUIET_S = 1.0
-# Publishes (or snapshots) sent in one pipeline at most; more wait for the next round trip.
-_BATCH = 256
 # Channels named in one SUBSCRIBE or UNSUBSCRIBE command at most.
 _SUBSCRIBE_BATCH = 1000
 # With Sentinel, the reader checks this often that its connection is still on the primary.
@@ -114,17 +106,21 @@ class RedisBackplane:
         assert url is None or master is None, "one target: a URL or a Sentinel master"
         self._config = config
         self._prefix = config.redis_prefix
-        self._client, self._sentinel = _client_for(config, url, master)
-        self._publish_sha = self._client.register_script(PUBLISH).sha
-        self._snapshot_sha = self._client.register_script(SNAPSHOT).sha
+        self._client, self._sentinel = client_for(config, url, master)
+        timeout_s = config.redis_timeout_s
+        self._publishes = ScriptQueue(
+            self._client, PUBLISH, _message_id, timeout_s=timeout_s,
+            limit=config.max_pending_publishes, what="publishes",
+        )  # fmt: skip
+        # At most one snapshot per attachment being synced: max_channels plus the pending
+        # attaches. The bound is a backstop.
+        self._snapshots = ScriptQueue(
+            self._client, SNAPSHOT, _snapshot_of, timeout_s=timeout_s,
+            limit=config.max_channels + config.redis_max_pending_attaches, what="snapshots",
+        )  # fmt: skip
         self._hub: Hub | None = None
         self._attached: dict[str, _Attachment] = {}
         self._attaching = 0  # attachments not ready yet (bounded: redis_max_pending_attaches)
-        self._queue: deque[tuple[str, str, int, asyncio.Future[str]]] = deque()
-        self._queued = asyncio.Event()
-        # At most one per attachment being synced, so bounded by the channels followed.
-        self._snapshots: deque[tuple[str, asyncio.Future[_Snapshot]]] = deque()
-        self._snapshots_queued = asyncio.Event()
         self._wishes: dict[str, bool] = {}  # pub/sub topic -> subscribe (True) or not, to send
         self._wished = asyncio.Event()
         self._pubsub: PubSub | None = None
@@ -139,15 +135,17 @@ class RedisBackplane:
         return self._connected
 
     async def start(self, hub: Hub) -> None:
-        """Start the publisher and the pub/sub reader; returns without waiting for Redis."""
+        """Start the workers (publishes, snapshots, subscriptions, pub/sub reader); returns
+        without waiting for Redis."""
         self._hub = hub
         snapshotters = self._config.redis_max_connections - _OTHER_CONNECTIONS
         self._tasks = [
-            asyncio.create_task(self._publisher(), name="rawrt-redis-publisher"),
+            # One worker keeps publishes in order; snapshots have the other connections.
+            asyncio.create_task(self._publishes.serve(), name="rawrt-redis-publisher"),
             asyncio.create_task(self._reader(), name="rawrt-redis-reader"),
             asyncio.create_task(self._subscriber(), name="rawrt-redis-subscriber"),
             *(
-                asyncio.create_task(self._snapshotter(), name="rawrt-redis-snapshots")
+                asyncio.create_task(self._snapshots.serve(), name="rawrt-redis-snapshots")
                 for _ in range(snapshotters)
             ),
         ]
@@ -158,8 +156,8 @@ class RedisBackplane:
         for task in [*self._tasks, *self._background]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._fail_queue(BackplaneUnavailable("server stopping"))
-        self._fail_snapshots(BackplaneUnavailable("server stopping"))
+        self._publishes.fail_all(BackplaneUnavailable("server stopping"))
+        self._snapshots.fail_all(BackplaneUnavailable("server stopping"))
         await self._close_pubsub()
         await self._client.aclose()
         if self._sentinel is not None:
@@ -174,112 +172,15 @@ class RedisBackplane:
     # --- publishing ------------------------------------------------------------------------
 
     def publish(self, channel: str, data_json: str, timestamp_ms: int) -> asyncio.Future[str]:
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        if len(self._queue) >= self._config.max_pending_publishes:
-            future.set_exception(BackplaneUnavailable("too many publishes waiting for Redis"))
-            return future
-        self._queue.append((channel, data_json, timestamp_ms, future))
-        self._queued.set()
-        return future
-
-    async def _publisher(self) -> None:
-        """Send queued publishes in order, a pipeline of up to _BATCH per round trip."""
-        while True:
-            batch = await _take(self._queue, self._queued)
-            try:
-                async with asyncio.timeout(self._config.redis_timeout_s):
-                    results = await self._run_batch(batch)
-            except (TimeoutError, RedisError, OSError) as exc:
-                log.warning("publishing %d messages failed: %s", len(batch), exc)
-                results = [BackplaneUnavailable(_UNAVAILABLE)] * len(batch)
-            except Exception:  # a bug: fail these publishes, keep serving the next ones
-                log.exception("bug in the Redis publisher")
-                results = [BackplaneUnavailable("internal error")] * len(batch)
-            for (_, _, _, future), result in zip(batch, results, strict=True):
-                if future.done():
-                    continue
-                if isinstance(result, BaseException):
-                    future.set_exception(_unavailable(result))
-                else:
-                    future.set_result(format_id(result[0].decode(), int(result[1])))
-
-    async def _run_batch(self, batch: list[tuple[str, str, int, asyncio.Future[str]]]) -> list[Any]:
-        # Not redis-py's Script helper: in a pipeline it sends SCRIPT EXISTS before every
-        # execute(), a second round trip per batch (per publish, when they come one at a
-        # time), and on failure it keeps a pool connection. SCRIPT LOAD (idempotent, cheap
-        # when cached) goes first in the same pipeline instead: Redis runs one client's
-        # commands in order, so every EVALSHA after it finds the script, even right after a
-        # restart emptied the script cache. One round trip per batch.
-        async with self._client.pipeline(transaction=False) as pipe:
-            pipe.script_load(PUBLISH)
-            for channel, data_json, timestamp_ms, _ in batch:
-                pipe.evalsha(
-                    self._publish_sha,
-                    2,
-                    *self._keys(channel),
-                    _new_epoch(),
-                    self._config.redis_history_ttl_s,
-                    data_json,
-                    timestamp_ms,
-                    self._config.history_size,
-                    self._topic(channel),
-                )
-            results = list(await pipe.execute(raise_on_error=False))
-        # The load's own answer does not matter: had it failed, each EVALSHA says so itself.
-        return results[1:]
-
-    def _fail_queue(self, error: BaseException) -> None:
-        while self._queue:
-            future = self._queue.popleft()[3]
-            if not future.done():
-                future.set_exception(error)
-
-    # --- snapshots -------------------------------------------------------------------------
+        c = self._config
+        args = [_new_epoch(), c.redis_history_ttl_s, data_json, timestamp_ms, c.history_size]
+        return self._publishes.call(self._keys(channel), [*args, self._topic(channel)])
 
     async def _snapshot(self, channel: str) -> _Snapshot:
         """A consistent snapshot of `channel`'s shared history, taken with others queued."""
-        future: asyncio.Future[_Snapshot] = asyncio.get_running_loop().create_future()
-        self._snapshots.append((channel, future))
-        self._snapshots_queued.set()
-        return await future
-
-    async def _snapshotter(self) -> None:
-        """Take queued snapshots, a pipeline of up to _BATCH per round trip."""
-        while True:
-            batch = await _take(self._snapshots, self._snapshots_queued)
-            try:
-                async with asyncio.timeout(self._config.redis_timeout_s):
-                    results = await self._run_snapshots([c for c, _ in batch])
-            except (TimeoutError, RedisError, OSError) as exc:
-                # The ones still queued would fail the same way, one timeout after another.
-                error = _unavailable(exc)
-                results = [error] * len(batch)
-                self._fail_snapshots(error)
-            for (_, future), result in zip(batch, results, strict=True):
-                if future.done():
-                    continue
-                if isinstance(result, BaseException):
-                    future.set_exception(_unavailable(result))
-                else:
-                    epoch, head, raw = result
-                    entries = [_entry(entry_id, fields) for entry_id, fields in reversed(raw)]
-                    future.set_result((epoch.decode(), int(head), entries))
-
-    async def _run_snapshots(self, channels: list[str]) -> list[Any]:
-        # As _run_batch: SCRIPT LOAD first, so that EVALSHA finds the script after a restart.
-        args = [self._config.redis_history_ttl_s, self._config.history_size]
-        async with self._client.pipeline(transaction=False) as pipe:
-            pipe.script_load(SNAPSHOT)
-            for channel in channels:
-                pipe.evalsha(self._snapshot_sha, 2, *self._keys(channel), _new_epoch(), *args)
-            results = list(await pipe.execute(raise_on_error=False))
-        return results[1:]
-
-    def _fail_snapshots(self, error: BaseException) -> None:
-        while self._snapshots:
-            future = self._snapshots.popleft()[1]
-            if not future.done():
-                future.set_exception(error)
+        c = self._config
+        args = [_new_epoch(), c.redis_history_ttl_s, c.history_size]
+        return await self._snapshots.call(self._keys(channel), args)
 
     # --- subscribing -----------------------------------------------------------------------
 
@@ -365,7 +266,7 @@ class RedisBackplane:
                 self._detach(channel)
             if not attachment.ready.done():
                 attachment.ready.set_exception(
-                    exc if isinstance(exc, HubFull) else _unavailable(exc)
+                    exc if isinstance(exc, HubFull) else unavailable(exc)
                 )
             return
         if not attachment.ready.done():
@@ -550,54 +451,6 @@ class RedisBackplane:
         return f"{self._prefix}:m:{channel}"
 
 
-def _client_for(
-    config: Config, url: str | None, master: str | None
-) -> tuple[aioredis.Redis, Sentinel | None]:
-    """The client of one target, and the Sentinel that finds it (None for a URL)."""
-    if url is None and master is None:
-        url, master = config.redis_url, None if config.redis_url else config.redis_master
-    options: dict[str, Any] = {
-        "socket_timeout": config.redis_timeout_s,
-        "socket_connect_timeout": config.redis_timeout_s,
-        # No retry: a command retried after its connection broke may have run already (a
-        # publish twice). A pooled connection that Redis closed is replaced when it is taken
-        # from the pool, which checks it, so a restart costs no publish...
-        "retry": Retry(NoBackoff(), 0),
-        # ... but only with maintenance notifications off: redis-py 8 skips that check while
-        # they are "auto" (the default), and hands out connections a restart left dead.
-        "maint_notifications_config": MaintNotificationsConfig(enabled=False),
-        "decode_responses": False,
-        "max_connections": config.redis_max_connections,
-        "client_name": f"{config.redis_prefix}-node",  # CLIENT LIST tells rawrt's own apart
-    }
-    if url is not None:
-        return aioredis.Redis.from_url(url, **options), None
-    assert master and config.redis_sentinel, "a Sentinel master needs redis_sentinel"
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
-        _addresses(config.redis_sentinel),
-        socket_timeout=config.redis_timeout_s,
-        socket_connect_timeout=config.redis_timeout_s,
-    )
-    return sentinel.master_for(master, **options), sentinel
-
-
-def _addresses(text: str) -> list[tuple[str, int]]:
-    """`HOST:PORT,HOST:PORT` (validated by Config) as pairs."""
-    pairs = (item.strip().rpartition(":") for item in text.split(","))
-    return [(host.strip("[]"), int(port)) for host, _, port in pairs]
-
-
-async def _take(queue: deque[Any], queued: asyncio.Event) -> list[Any]:
-    """Up to _BATCH items from `queue`, waiting for one; `queued` is set while it has more."""
-    while not queue:
-        queued.clear()
-        await queued.wait()
-    batch = [queue.popleft() for _ in range(min(_BATCH, len(queue)))]
-    if not queue:
-        queued.clear()
-    return batch
-
-
 def _new_epoch() -> str:
     """A candidate epoch; used only if Redis holds none for the channel."""
     return to_base36(secrets.randbits(40))
@@ -608,8 +461,12 @@ def _entry(entry_id: bytes, fields: list[bytes]) -> Entry:
     return Entry(int(entry_id.split(b"-")[0]), int(values[b"t"]), values[b"d"].decode())
 
 
-def _unavailable(exc: BaseException) -> BackplaneUnavailable:
-    if isinstance(exc, BackplaneUnavailable):
-        return exc
-    log.info("Redis call failed: %s", exc)
-    return BackplaneUnavailable(_UNAVAILABLE)  # clients learn no addresses or internals
+def _message_id(result: Any) -> str:
+    epoch, seq = result
+    return format_id(epoch.decode(), int(seq))
+
+
+def _snapshot_of(result: Any) -> _Snapshot:
+    epoch, head, raw = result
+    entries = [_entry(entry_id, fields) for entry_id, fields in reversed(raw)]
+    return epoch.decode(), int(head), entries
