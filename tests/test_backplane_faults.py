@@ -13,6 +13,12 @@ is checked against the guarantee (README, "Many nodes"):
   last. A publish refused with 503 may still have been published (then it comes in its place
   like any other) or not;
 - live subscribers stay connected throughout: a stream that ends fails the test.
+
+The faults: Redis with RDB or AOF persistence killed and restarted from a snapshot older than
+its last writes (three times per test); a primary, a replica and three Sentinels, the replica
+stopped (SIGSTOP) so that it lags, the primary killed, the replica resumed and promoted; the
+pub/sub connections cut (CLIENT KILL TYPE pubsub) with the command connections up, and the
+reverse (four times per test); and Sentinel naming another primary without cutting anyone.
 """
 
 from __future__ import annotations
@@ -265,8 +271,13 @@ def _in_sync(primary: RedisServer, replica: RedisServer) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("attempt", [1, 2])
 async def test_failover_to_a_lagging_replica_resets_readers_and_nodes_follow_it(
-    tmp_path: Path, redis_servers: list[RedisServer], start_server: StartServer, stack: Stack
+    attempt: int,
+    tmp_path: Path,
+    redis_servers: list[RedisServer],
+    start_server: StartServer,
+    stack: Stack,
 ) -> None:
     primary = started(redis_servers, RedisServer(tmp_path / "primary"))
     replica = started(redis_servers, RedisServer(tmp_path / "replica", replica_of=primary.port))
@@ -352,3 +363,46 @@ async def test_a_cut_connection_loses_nothing_and_resets_nobody(
         assert reader.resets == [], f"{reader.kind}: a reset though Redis lost nothing"
     # Publishes refused while a connection was cut are the only ones missing.
     assert len(run.ids) + len(run.refused) >= 4 * 20
+
+
+async def test_nodes_move_to_the_primary_sentinel_names_even_when_nothing_cut_them(
+    tmp_path: Path, redis_servers: list[RedisServer], start_server: StartServer, stack: Stack
+) -> None:
+    """Sentinel names another primary while the old one stays up, connections and all.
+
+    No failover procedure runs (which would cut clients): the Sentinels are pointed at a new
+    primary by hand. Pub/sub on the old one would still look alive, and hear nothing that is
+    published on the new one: only asking Sentinel tells.
+    """
+    old = started(redis_servers, RedisServer(tmp_path / "old"))
+    new = started(redis_servers, RedisServer(tmp_path / "new"))
+    sentinels = [
+        started(redis_servers, Sentinel(tmp_path / f"sentinel{i}", "main", old.port))
+        for i in range(3)
+    ]
+    addresses = ",".join(s.address for s in sentinels)
+    a, b = await _nodes(start_server, 2, redis_sentinel=addresses, redis_master="main")
+    reader = await Reader.open("ws", b, "moved", stack)
+    first = await a.publish("moved", {"n": 1})
+    assert await reader.until(1) == [Got("message", {"n": 1}, first)]
+
+    for sentinel in sentinels:
+        with sentinel.client() as admin:
+            admin.sentinel_remove("main")
+            admin.sentinel_monitor("main", "127.0.0.1", new.port, 2)
+    assert all(s.primary() == ("127.0.0.1", new.port) for s in sentinels)
+
+    # B re-syncs from the new primary, whose history is not the old one's: a reset.
+    await reader.until_reset(timeout_s=RECOVER_S)
+    await eventually(lambda: a.ready and b.ready, RECOVER_S, "ready on the new primary")
+    later = None
+    for _ in range(50):  # until A's publishes go to the new primary too (bounded)
+        later = await a.publish("moved", {"n": 2})
+        if seq_of(later)[0] == seq_of(reader.resets[0].id or "")[0]:
+            break
+    assert later is not None and (await reader.until_data({"n": 2}))[-1].id == later
+    with new.client(decode_responses=True) as admin:
+        pubsubs = [c for c in admin.client_list(_type="pubsub") if c["name"] == "rawrt-node"]
+    with old.client(decode_responses=True) as admin:
+        left = [c for c in admin.client_list() if c["name"] == "rawrt-node"]
+    assert len(pubsubs) == 2 and left == [], (pubsubs, left)
