@@ -394,15 +394,15 @@ async def test_nodes_move_to_the_primary_sentinel_names_even_when_nothing_cut_th
 
     # B re-syncs from the new primary, whose history is not the old one's: a reset.
     await reader.until_reset(timeout_s=RECOVER_S)
-    await eventually(lambda: a.ready and b.ready, RECOVER_S, "ready on the new primary")
-    later = None
-    for _ in range(50):  # until A's publishes go to the new primary too (bounded)
-        later = await a.publish("moved", {"n": 2})
-        if seq_of(later)[0] == seq_of(reader.resets[0].id or "")[0]:
-            break
-    assert later is not None and (await reader.until_data({"n": 2}))[-1].id == later
-    with new.client(decode_responses=True) as admin:
-        pubsubs = [c for c in admin.client_list(_type="pubsub") if c["name"] == "rawrt-node"]
-    with old.client(decode_responses=True) as admin:
-        left = [c for c in admin.client_list() if c["name"] == "rawrt-node"]
-    assert len(pubsubs) == 2 and left == [], (pubsubs, left)
+
+    def node_connections(server: RedisServer, kind: str | None = None) -> int:
+        with server.client(decode_responses=True) as admin:
+            return sum(c["name"] == "rawrt-node" for c in admin.client_list(_type=kind))
+
+    # Both nodes' pub/sub moved; moving, each dropped its idle command connections too.
+    await eventually(lambda: node_connections(new, "pubsub") == 2, RECOVER_S, "pub/sub moved")
+    assert a.ready and b.ready
+    later = await a.publish("moved", {"n": 2})
+    assert seq_of(later)[0] == seq_of(reader.resets[0].id or "")[0], "published on the old one"
+    assert (await reader.until_data({"n": 2}))[-1].id == later
+    await eventually(lambda: node_connections(old) == 0, STEP_S, "nothing left on the old one")

@@ -642,7 +642,8 @@ async def _polls_at_once(port: int, channels: list[str]) -> list[tuple[int, Any]
         )
     try:
         for (_, writer), channel in zip(streams, channels, strict=True):
-            writer.write(f"GET /api/poll/{channel}?timeout=0 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            target = f"/api/poll/{channel}?timeout=0"
+            writer.write(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
 
         async def answer(reader: asyncio.StreamReader) -> tuple[int, Any]:
             response = await read_response(reader)
@@ -653,6 +654,8 @@ async def _polls_at_once(port: int, channels: list[str]) -> list[tuple[int, Any]
     finally:
         for _, writer in streams:
             writer.close()
+        async with asyncio.timeout(STEP_S * 2):  # closed before the node is stopped
+            await asyncio.gather(*(w.wait_closed() for _, w in streams), return_exceptions=True)
 
 
 class _ConnectionCounter:

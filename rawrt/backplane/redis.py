@@ -73,6 +73,8 @@ _PRIMARY_CHECK_S = 1.0
 _OTHER_CONNECTIONS = 2
 # Reconnection backoff, doubling from the first to the last.
 _BACKOFF_S = (0.05, 5.0)
+# Tries of one step of an attach (SUBSCRIBE confirmed, snapshot) while Redis stays connected.
+_TRIES = 3
 # Messages held per channel while its snapshot is taken; past this the snapshot is retaken.
 _HELD_MAX = 10_000
 
@@ -110,13 +112,14 @@ class RedisBackplane:
         timeout_s = config.redis_timeout_s
         self._publishes = ScriptQueue(
             self._client, PUBLISH, _message_id, timeout_s=timeout_s,
-            limit=config.max_pending_publishes, what="publishes",
+            limit=config.max_pending_publishes, what="publishes", deadline=True,
         )  # fmt: skip
         # At most one snapshot per attachment being synced: max_channels plus the pending
         # attaches. The bound is a backstop.
         self._snapshots = ScriptQueue(
             self._client, SNAPSHOT, _snapshot_of, timeout_s=timeout_s,
             limit=config.max_channels + config.redis_max_pending_attaches, what="snapshots",
+            deadline=False,
         )  # fmt: skip
         self._hub: Hub | None = None
         self._attached: dict[str, _Attachment] = {}
@@ -177,9 +180,20 @@ class RedisBackplane:
         return self._publishes.call(self._keys(channel), [*args, self._topic(channel)])
 
     async def _snapshot(self, channel: str) -> _Snapshot:
-        """A consistent snapshot of `channel`'s shared history, taken with others queued."""
+        """A consistent snapshot of `channel`'s shared history, taken with others queued.
+
+        A snapshot that timed out is taken again while Redis stays connected (bounded): a
+        burst of attaches keeps the event loop busy enough to trip a deadline while Redis
+        itself answers in time, and the burst must be served, not refused.
+        """
         c = self._config
         args = [_new_epoch(), c.redis_history_ttl_s, c.history_size]
+        for _ in range(_TRIES - 1):
+            try:
+                return await self._snapshots.call(self._keys(channel), args)
+            except BackplaneUnavailable:
+                if not self._connected:
+                    raise
         return await self._snapshots.call(self._keys(channel), args)
 
     # --- subscribing -----------------------------------------------------------------------
@@ -256,9 +270,7 @@ class RedisBackplane:
             if self._pubsub is None or not self._connected:
                 raise BackplaneUnavailable("Redis is not connected")
             self._wish(channel, True)
-            await asyncio.wait_for(
-                asyncio.shield(attachment.confirmed), self._config.redis_timeout_s
-            )
+            await self._confirmed(attachment)
             await self._sync(channel, attachment)
         except (TimeoutError, RedisError, OSError, BackplaneUnavailable, HubFull) as exc:
             # HubFull: every channel slot here is busy; the waiting client is told so.
@@ -271,6 +283,23 @@ class RedisBackplane:
             return
         if not attachment.ready.done():
             attachment.ready.set_result(None)
+
+    async def _confirmed(self, attachment: _Attachment) -> None:
+        """Wait for Redis to confirm the SUBSCRIBE; again while connected (bounded).
+
+        In a burst of attaches the event loop parses thousands of requests before the
+        SUBSCRIBE goes out, which may take longer than redis_timeout_s although Redis is
+        fine. A reconnect replaces `confirmed` (the new connection subscribes again).
+        """
+        for _ in range(_TRIES - 1):
+            try:
+                return await asyncio.wait_for(
+                    asyncio.shield(attachment.confirmed), self._config.redis_timeout_s
+                )
+            except TimeoutError:
+                if not self._connected:
+                    raise
+        await asyncio.wait_for(asyncio.shield(attachment.confirmed), self._config.redis_timeout_s)
 
     async def _sync(self, channel: str, attachment: _Attachment) -> None:
         """Take a snapshot into the hub, then apply what arrived meanwhile (bounded retries)."""

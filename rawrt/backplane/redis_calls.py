@@ -10,9 +10,14 @@ A `ScriptQueue` holds calls of one Lua script, each answered by a future. A work
 takes up to _BATCH queued calls and sends them as one pipeline: SCRIPT LOAD, then one EVALSHA
 per call, a single round trip whatever the number, under a deadline of redis_timeout_s. Each
 worker holds one pooled connection while its pipeline is in flight, so the number of workers
-is the number of connections the queue may use; one worker keeps the calls in order. When
-Redis fails, every queued call fails at once with BackplaneUnavailable: waiting behind a
-failing pipeline, each would otherwise fail only a timeout after the one before it.
+is the number of connections the queue may use; one worker keeps the calls in order.
+
+Failures: a pipeline that times out fails its own calls. One that cannot reach Redis (the
+connection refused or cut) fails every queued call at once, since each would fail the same
+way. With `deadline=True` a call also fails once it has waited redis_timeout_s in the queue
+without being sent (publishes: a 503 within the bound even behind a hung pipeline); without,
+it waits its turn (snapshots, which a burst of attaches queues by the thousand, and whose
+callers retry).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any, Generic, TypeVar
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
@@ -103,6 +109,7 @@ class ScriptQueue(Generic[R]):
         timeout_s: float,
         limit: int,
         what: str,
+        deadline: bool,
     ) -> None:
         self._client = client
         self._script = script
@@ -111,7 +118,8 @@ class ScriptQueue(Generic[R]):
         self._timeout_s = timeout_s
         self._limit = limit
         self._what = what  # the calls, as a refusal names them
-        self._calls: deque[tuple[list[Any], asyncio.Future[R]]] = deque()
+        self._deadline = deadline
+        self._calls: deque[tuple[list[Any], asyncio.Future[R], float]] = deque()
         self._queued = asyncio.Event()
 
     def call(self, keys: list[str], args: list[Any]) -> asyncio.Future[R]:
@@ -120,7 +128,8 @@ class ScriptQueue(Generic[R]):
         if len(self._calls) >= self._limit:
             future.set_exception(BackplaneUnavailable(f"too many {self._what} waiting for Redis"))
             return future
-        self._calls.append(([self._sha, len(keys), *keys, *args], future))
+        expires = asyncio.get_running_loop().time() + self._timeout_s
+        self._calls.append(([self._sha, len(keys), *keys, *args], future, expires))
         self._queued.set()
         return future
 
@@ -130,9 +139,15 @@ class ScriptQueue(Generic[R]):
             while not self._calls:
                 self._queued.clear()
                 await self._queued.wait()
-            batch = [self._calls.popleft() for _ in range(min(_BATCH, len(self._calls)))]
-            results = await self._send([call for call, _ in batch])
-            for (_, future), result in zip(batch, results, strict=True):
+            batch = self._take()
+            if not batch:
+                continue
+            # With deadlines, the pipeline gets what is left of the oldest call's.
+            budget = self._timeout_s
+            if self._deadline:
+                budget = min(e for _, _, e in batch) - asyncio.get_running_loop().time()
+            results = await self._send([call for call, _, _ in batch], budget)
+            for (_, future, _), result in zip(batch, results, strict=True):
                 if future.done():
                     continue
                 if isinstance(result, BaseException):
@@ -140,7 +155,18 @@ class ScriptQueue(Generic[R]):
                 else:
                     future.set_result(self._convert(result))
 
-    async def _send(self, calls: list[list[Any]]) -> list[Any]:
+    def _take(self) -> list[tuple[list[Any], asyncio.Future[R], float]]:
+        """Up to _BATCH calls to send; with deadlines, failing those that waited too long."""
+        batch = [self._calls.popleft() for _ in range(min(_BATCH, len(self._calls)))]
+        if not self._deadline:
+            return batch
+        now = asyncio.get_running_loop().time()
+        for _, future, expires in batch:
+            if expires <= now and not future.done():
+                future.set_exception(BackplaneUnavailable(f"Redis took too long ({self._what})"))
+        return [call for call in batch if call[2] > now]
+
+    async def _send(self, calls: list[list[Any]], budget_s: float) -> list[Any]:
         # Not redis-py's Script helper: in a pipeline it sends SCRIPT EXISTS before every
         # execute(), a second round trip per batch (per call, when they come one at a time),
         # and on failure it keeps a pool connection. SCRIPT LOAD (idempotent, cheap when
@@ -149,20 +175,26 @@ class ScriptQueue(Generic[R]):
         # emptied the script cache. The load's own answer does not matter: had it failed,
         # each EVALSHA says so itself.
         try:
-            async with asyncio.timeout(self._timeout_s):
+            async with asyncio.timeout(budget_s):
                 async with self._client.pipeline(transaction=False) as pipe:
                     pipe.script_load(self._script)
                     for call in calls:
                         pipe.evalsha(*call)
                     return list(await pipe.execute(raise_on_error=False))[1:]
-        except (TimeoutError, RedisError, OSError) as exc:
+        except TimeoutError:
+            log.warning("%d calls to Redis timed out", len(calls))
+            return [BackplaneUnavailable(f"Redis took too long ({self._what})")] * len(calls)
+        except (RedisConnectionError, OSError) as exc:
             log.warning("%d calls to Redis failed: %s", len(calls), exc)
             error = unavailable(exc)
+            self.fail_all(error)  # the queued ones would fail the same way
+            return [error] * len(calls)
+        except RedisError as exc:
+            log.warning("%d calls to Redis failed: %s", len(calls), exc)
+            return [unavailable(exc)] * len(calls)
         except Exception:  # a bug: fail these calls, keep serving the next ones
             log.exception("bug in a Redis pipeline")
-            error = BackplaneUnavailable("internal error")
-        self.fail_all(error)
-        return [error] * len(calls)
+            return [BackplaneUnavailable("internal error")] * len(calls)
 
     def fail_all(self, error: BaseException) -> None:
         """Answer every queued call with `error` (Redis failed, or the node stops)."""
