@@ -181,7 +181,7 @@ def _problems(c: Config) -> list[str]:
     if c.echo_path is not None and not c.echo_path.startswith("/"):
         found.append("echo_path must start with '/'")
     if c.workers > 1 and not (c.redis_url or c.redis_master):
-        found.append("workers > 1 needs redis_url: processes share channels through Redis")
+        found.append("workers > 1 needs redis_url or redis_master: processes share channels")
     found += _redis_problems(c)
     return found
 
