@@ -406,3 +406,36 @@ async def test_nodes_move_to_the_primary_sentinel_names_even_when_nothing_cut_th
     assert seq_of(later)[0] == seq_of(reader.resets[0].id or "")[0], "published on the old one"
     assert (await reader.until_data({"n": 2}))[-1].id == later
     await eventually(lambda: node_connections(old) == 0, STEP_S, "nothing left on the old one")
+
+
+async def test_nodes_keep_their_primary_while_no_sentinel_answers(
+    tmp_path: Path, redis_servers: list[RedisServer], start_server: StartServer, stack: Stack
+) -> None:
+    """Sentinels gone, Redis fine: the nodes keep serving on the connections they have.
+
+    (A new connection needs a Sentinel to name the primary: none can be opened meanwhile.)
+    """
+    primary = started(redis_servers, RedisServer(tmp_path / "primary"))
+    sentinels = [
+        started(redis_servers, Sentinel(tmp_path / f"sentinel{i}", "main", primary.port))
+        for i in range(3)
+    ]
+    addresses = ",".join(s.address for s in sentinels)
+    a, b = await _nodes(start_server, 2, redis_sentinel=addresses, redis_master="main")
+    reader = await Reader.open("sse", b, "alone", stack)
+    first = await a.publish("alone", {"n": 0})  # A's publishing connection is open now
+    assert await reader.until(1) == [Got("message", {"n": 0}, first)]
+    for sentinel in sentinels:
+        sentinel.stop()
+    with primary.client() as admin:
+        checks = admin.info("commandstats").get("cmdstat_ping", {}).get("calls", 0)
+        # Several primary checks come and go (each second), unanswered; pings carry on.
+        await eventually(
+            lambda: admin.info("commandstats")["cmdstat_ping"]["calls"] >= checks + 4,
+            RECOVER_S,
+            "the nodes keep pinging their pub/sub connection",
+        )
+    assert a.ready and b.ready
+    sent = await a.publish("alone", {"n": 1})
+    assert (await reader.until(2))[-1] == Got("message", {"n": 1}, sent)
+    assert reader.resets == []

@@ -15,7 +15,12 @@ The contract shared with the in-process backplane is in test_backplane_contract.
 - a node's pub/sub connection is killed while another node publishes: the gap is noticed by
   id and filled from history, so its subscribers get every message, in order, once;
 - a node is SIGKILLed: its clients resume on another node (SSE Last-Event-ID, poll since,
-  WebSocket subscribe since) and miss nothing.
+  WebSocket subscribe since) and miss nothing;
+- a burst of 5,000 new channels at once is served with no refusal on at most
+  redis_max_connections connections (counted by CLIENT LIST throughout), and attaches past
+  redis_max_pending_attaches are refused with a 503 while the node keeps serving.
+
+Restarts from older snapshots, failovers and cut connections: test_backplane_faults.py.
 
 Every test starts its own redis-server on a free port, with nothing saved to disk.
 """

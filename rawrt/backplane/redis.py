@@ -428,11 +428,17 @@ class RedisBackplane:
 
         A demoted primary still serves SUBSCRIBE, and even relays what its new primary
         publishes: nothing else would tell. Asking through the pool also drops its idle
-        command connections to the old primary (redis-py's SentinelConnectionPool).
+        command connections to the old primary (redis-py's SentinelConnectionPool). When no
+        Sentinel answers (or none names a primary that is up), the connection is kept: the
+        pub/sub ping tells whether it still works, and nothing tells where else to go.
         """
         pool: Any = self._client.connection_pool
-        async with asyncio.timeout(self._config.redis_timeout_s):
-            primary = await pool.get_master_address()
+        try:
+            async with asyncio.timeout(self._config.redis_timeout_s):
+                primary = await pool.get_master_address()
+        except (TimeoutError, RedisError, OSError) as exc:
+            log.info("no Sentinel names a primary (%s); keeping the connection", exc)
+            return
         connection: Any = pubsub.connection
         if connection is None or (connection.host, connection.port) != tuple(primary):
             raise RedisError(f"the primary moved to {primary[0]}:{primary[1]}")
