@@ -18,7 +18,8 @@ The faults: Redis with RDB or AOF persistence killed and restarted from a snapsh
 its last writes (three times per test); a primary, a replica and three Sentinels, the replica
 stopped (SIGSTOP) so that it lags, the primary killed, the replica resumed and promoted; the
 pub/sub connections cut (CLIENT KILL TYPE pubsub) with the command connections up, and the
-reverse (four times per test); and Sentinel naming another primary without cutting anyone.
+reverse (four times per test); Sentinel naming another primary without cutting anyone; and
+no Sentinel answering while the primary is fine.
 """
 
 from __future__ import annotations
