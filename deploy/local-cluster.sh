@@ -2,14 +2,23 @@
 # A rawrt cluster on this machine: Redis, three rawrt nodes and nginx in front, all on
 # loopback ports picked free at start.
 #
-#   deploy/local-cluster.sh up [--round-robin] [DIR]    start; the last line printed is the
-#                                                       front address, http://127.0.0.1:PORT
-#   deploy/local-cluster.sh down [DIR]                  stop what `up` started, remove DIR
+#   deploy/local-cluster.sh up [--round-robin] [--sentinel] [DIR]
+#                                 start; the last line printed is the front address,
+#                                 http://127.0.0.1:PORT. --sentinel: a Redis primary, a
+#                                 replica and three Sentinels instead of one Redis
+#   deploy/local-cluster.sh down [DIR]    stop what `up` started, remove DIR
+#
+# With --sentinel the nodes find the primary through the Sentinels (--redis-sentinel,
+# --redis-master rawrt) and follow a failover on their own: kill the pid of "redis-primary"
+# (in DIR/pids) and watch the nodes come back ready on the replica (the front keeps serving;
+# resuming clients get a reset, since the replica may lack the last writes). DIR/sentinels
+# holds the Sentinels' HOST:PORT list.
 #
 # DIR holds the cluster's state (default: $TMPDIR/rawrt-cluster): pids (what `down` stops),
 # front-url, nodes (one node URL a line), redis-url, logs/ (redis, node-N, and nginx's
 # access.log and error.log), nginx/nginx.conf (the rendered config), nginx.pid, tmp/ (nginx's
-# temp folders, unused) and redis/ (its working dir, left empty: no persistence).
+# temp folders, unused) and redis/ (its working dir, left empty: no persistence; with
+# --sentinel, redis/primary, redis/replica and redis/sentinel-N with each Sentinel's config).
 #
 # Environment: PYTHON (the interpreter that has rawrt installed; default python3),
 # RAWRT_CLUSTER_NODES (3), RAWRT_CLUSTER_ROUND_ROBIN=1 (same as --round-robin),
@@ -30,7 +39,7 @@ die() { echo "local-cluster: $*" >&2; exit 1; }
 note() { echo "$*"; }
 
 usage() {
-  sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -228,6 +237,7 @@ start_redis() {
     record redis "$pid"
     if wait_ready redis "127.0.0.1:$port" "$pid" 2>>"$STATE/logs/redis.log"; then
       REDIS_URL="redis://127.0.0.1:$port/0"
+      REDIS_ARGS=(--redis "$REDIS_URL")
       echo "$REDIS_URL" >"$STATE/redis-url"
       note "redis  127.0.0.1:$port  pid $pid"
       return 0
@@ -237,8 +247,54 @@ start_redis() {
   return 1
 }
 
+start_one_redis() { # NAME ARGS...: a Redis (or Sentinel) on a free port; sets REDIS_PORT
+  local attempt pid name=$1
+  shift
+  mkdir -p "$STATE/redis/$name"
+  for ((attempt = 1; attempt <= ATTEMPTS; attempt++)); do
+    REDIS_PORT=$(free_ports 1)
+    if [[ $name == sentinel-* ]]; then
+      # Sentinel rewrites its config as it learns the topology: each has its own file.
+      printf '%s\n' "port $REDIS_PORT" "bind 127.0.0.1" "dir $STATE/redis/$name" \
+        "sentinel monitor rawrt 127.0.0.1 $PRIMARY_PORT 2" \
+        "sentinel down-after-milliseconds rawrt 2000" \
+        "sentinel failover-timeout rawrt 10000" >"$STATE/redis/$name/sentinel.conf"
+      "$REDIS_SERVER" "$STATE/redis/$name/sentinel.conf" --sentinel --daemonize no \
+        </dev/null >>"$STATE/logs/$name.log" 2>&1 &
+    else
+      "$REDIS_SERVER" --bind 127.0.0.1 --port "$REDIS_PORT" --protected-mode yes \
+        --save '' --appendonly no --dir "$STATE/redis/$name" --daemonize no "$@" \
+        </dev/null >>"$STATE/logs/$name.log" 2>&1 &
+    fi
+    pid=$!
+    record "$name" "$pid"
+    if wait_ready redis "127.0.0.1:$REDIS_PORT" "$pid" 2>>"$STATE/logs/$name.log"; then
+      note "$name  127.0.0.1:$REDIS_PORT  pid $pid"
+      return 0
+    fi
+    stop_one "$pid"
+  done
+  return 1
+}
+
+start_sentinel_group() { # a primary, its replica, three Sentinels: sets REDIS_ARGS
+  local n
+  local -a sentinels=()
+  start_one_redis redis-primary || return 1
+  PRIMARY_PORT=$REDIS_PORT
+  start_one_redis redis-replica --replicaof 127.0.0.1 "$PRIMARY_PORT" || return 1
+  for n in 1 2 3; do
+    start_one_redis "sentinel-$n" || return 1
+    sentinels+=("127.0.0.1:$REDIS_PORT")
+  done
+  local joined
+  joined=$(IFS=,; echo "${sentinels[*]}")
+  echo "$joined" >"$STATE/sentinels"
+  REDIS_ARGS=(--redis-sentinel "$joined" --redis-master rawrt)
+}
+
 launch_node() { # N PORT: start node N on PORT, in the background
-  "$PYTHON" -m rawrt --host 127.0.0.1 --port "$2" --redis "$REDIS_URL" \
+  "$PYTHON" -m rawrt --host 127.0.0.1 --port "$2" "${REDIS_ARGS[@]}" \
     </dev/null >>"$STATE/logs/node-$1.log" 2>&1 &
   NODE_PIDS[$1]=$!
   record "node-$1" "$!"
@@ -320,7 +376,11 @@ cmd_up() {
 
   # From here on, a failure stops whatever was started and leaves nothing behind.
   trap undo_up EXIT
-  start_redis || exit 1
+  if [[ $SENTINEL == 1 ]]; then
+    start_sentinel_group || exit 1
+  else
+    start_redis || exit 1
+  fi
   NODE_PORTS=() NODE_PIDS=()
   start_nodes || exit 1
   start_nginx || exit 1
@@ -341,10 +401,12 @@ COMMAND=${1:-}
 [[ -n $COMMAND ]] || usage
 shift
 ROUND_ROBIN=${RAWRT_CLUSTER_ROUND_ROBIN:-0}
+SENTINEL=0
 STATE=
 for arg in "$@"; do
   case $arg in
     --round-robin) ROUND_ROBIN=1 ;;
+    --sentinel) SENTINEL=1 ;;
     -h | --help) usage ;;
     -*) die "unknown option $arg" ;;
     *) [[ -z $STATE ]] || die "one DIR only"; STATE=$arg ;;

@@ -43,6 +43,14 @@ HELP = {
     "echo_path": "serve a WebSocket echo endpoint here (for Autobahn); off by default",
     "redis_url": "redis://HOST:PORT/DB: share channels with other nodes through Redis; "
     "several URLs, comma separated, spread the channels over several Redis (shards)",
+    "redis_sentinel": "HOST:PORT[,HOST:PORT...] of Redis Sentinels that find the primary "
+    "(with --redis-master; instead of --redis); follows failovers",
+    "redis_master": "the master name the Sentinels watch (with --redis-sentinel); several "
+    "names, comma separated, spread the channels over several Sentinel groups (shards)",
+    "redis_max_connections": "connections a node opens to Redis at most (3 or more): "
+    "pub/sub, publishes, and the rest take snapshots",
+    "redis_max_pending_attaches": "channels waiting to attach through Redis at once; "
+    "more are refused with 503 / an error frame",
     "workers": "processes sharing the port (needs --redis)",
     "publish_key": "keys that may publish over HTTP (Authorization: Bearer KEY or X-API-Key: "
     "KEY), comma-separated for rotation, 16 characters or more; off when empty",
@@ -80,6 +88,8 @@ ALIASES = {
     "sse_heartbeat_s": "--sse-heartbeat",
     "poll_timeout_s": "--poll-timeout",
     "redis_url": "--redis",
+    "redis_sentinel": "--redis-sentinel",
+    "redis_master": "--redis-master",
 }
 # Former names still accepted, as a flag and as RAWRT_<NAME>: a field's old name.
 FORMER = {"allowed_origins": "cors_origin"}

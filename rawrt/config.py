@@ -145,6 +145,19 @@ class Config:
     # Several URLs, comma separated, are independent Redis servers, each a shard holding its
     # share of the channels (rawrt.backplane.sharded); every node must list the same servers.
     redis_url: str | None = None
+    # Or find the primary through Sentinel (redis-py's master_for), following its failovers:
+    # the Sentinels as HOST:PORT[,HOST:PORT...] ...
+    redis_sentinel: str | None = None
+    # ... and the name of the master they watch. Both, or neither (then redis_url, if any).
+    redis_master: str | None = None
+    # Connections a node holds to Redis at most: one for pub/sub, one for publishes, the rest
+    # take snapshots (attaches, re-syncs) in parallel. A burst of attaches queues for these
+    # (pipelined) instead of opening a connection each; at least 3.
+    redis_max_connections: int = 4
+    # Channels waiting to attach at once (subscribe and snapshot); past this one more is
+    # refused at once (503, an error frame, SSE's retry), like any overload. Above
+    # max_channels, so that a node restarting under load takes all its clients back.
+    redis_max_pending_attaches: int = 12_000
     # Processes sharing the port with SO_REUSEPORT; more than one requires redis_url.
     workers: int = 1
     # Prefix of every Redis key and pub/sub channel rawrt uses.
@@ -215,6 +228,7 @@ def _problems(c: Config) -> list[str]:
         "max_pending_publishes",
         "tls_handshake_timeout_s",
         "max_client_message_burst",
+        "redis_max_pending_attaches",
     )
     for name in positive:
         value = getattr(c, name)
@@ -241,11 +255,30 @@ def _problems(c: Config) -> list[str]:
     if c.echo_path is not None and not c.echo_path.startswith("/"):
         found.append("echo_path must start with '/'")
     found.extend(_network_problems(c))
-    if c.workers > 1 and not c.redis_url:
-        found.append("workers > 1 needs redis_url: processes share channels through Redis")
+    if c.workers > 1 and not (c.redis_url or c.redis_master):
+        found.append("workers > 1 needs redis_url or redis_master: processes share channels")
+    found += _redis_problems(c)
     if c.redis_url:  # "" (an empty environment variable) means no Redis, as None does
         found += _redis_url_problems(c.redis_url)
     found.extend(access.config_problems(c))
+    return found
+
+
+def _redis_problems(c: Config) -> list[str]:
+    found: list[str] = []
+    if (c.redis_sentinel is None) != (c.redis_master is None):
+        found.append("redis_sentinel and redis_master go together: Sentinels and a master name")
+    if c.redis_sentinel is not None and c.redis_url:
+        found.append("redis_url and redis_sentinel both name a Redis: give one")
+    for item in (c.redis_sentinel or "").split(",") if c.redis_sentinel is not None else []:
+        host, _, port = item.strip().rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            found.append(f"redis_sentinel must be HOST:PORT[,HOST:PORT...], not {item!r}")
+    masters = [name.strip() for name in (c.redis_master or "").split(",")]
+    if c.redis_master is not None and (not all(masters) or len(set(masters)) < len(masters)):
+        found.append("redis_master must be one or more distinct names, comma separated")
+    if c.redis_max_connections < 3:
+        found.append("redis_max_connections must be at least 3 (pub/sub, publish, snapshot)")
     return found
 
 

@@ -35,7 +35,7 @@ import secrets
 import time
 
 from rawrt.access import AccessPolicy, open_warning
-from rawrt.backplane import Backplane, backplane_for
+from rawrt.backplane import backplane_for
 from rawrt.config import Config
 from rawrt.connection import HttpConnection
 from rawrt.edge import CorsHeaders, PingedSession, RequestHeaders, Session, StreamSession
@@ -84,7 +84,7 @@ class Server:
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._next_heartbeat = 0.0
         self._drained: asyncio.Event | None = None
-        self.backplane = _backplane_for(self.config)
+        self.backplane = backplane_for(self.config)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -282,7 +282,7 @@ class Server:
     def _schedule_sweep(self) -> None:
         c = self.config
         period = min(c.ping_interval_s, c.ping_timeout_s, c.sse_heartbeat_s)
-        if c.redis_url:
+        if c.redis_url or c.redis_master:
             period = min(period, max(c.redis_linger_s, _MIN_SWEEP_S))
         delay = max(_MIN_SWEEP_S, period / _SWEEPS_PER_PERIOD)
         assert self._loop is not None
@@ -315,7 +315,3 @@ def _read_public_key(path: str) -> str | None:
             return pem.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"jwt_public_key {path!r} cannot be read: {exc}") from None
-
-
-def _backplane_for(config: Config) -> Backplane:
-    return backplane_for(config)

@@ -15,7 +15,12 @@ The contract shared with the in-process backplane is in test_backplane_contract.
 - a node's pub/sub connection is killed while another node publishes: the gap is noticed by
   id and filled from history, so its subscribers get every message, in order, once;
 - a node is SIGKILLed: its clients resume on another node (SSE Last-Event-ID, poll since,
-  WebSocket subscribe since) and miss nothing.
+  WebSocket subscribe since) and miss nothing;
+- a burst of 5,000 new channels at once is served with no refusal on at most
+  redis_max_connections connections (counted by CLIENT LIST throughout), and attaches past
+  redis_max_pending_attaches are refused with a 503 while the node keeps serving.
+
+Restarts from older snapshots, failovers and cut connections: test_backplane_faults.py.
 
 Every test starts its own redis-server on a free port, with nothing saved to disk.
 """
@@ -27,13 +32,14 @@ import contextlib
 import json
 import os
 import signal
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support.clients import SseClient, request, ws_connect, ws_recv
+from support.clients import SseClient, read_response, request, ws_connect, ws_recv
 from support.redis_server import RedisServer
 from test_backplane_contract import Got, Publisher, Reader, publish_many, seq_of, wait_ready
 
@@ -201,6 +207,7 @@ async def test_one_redis_command_per_publish_never_one_per_subscriber(
 # Commands run inside the publish script, and this test's own.
 _SCRIPT_AND_ADMIN = {
     "cmdstat_hget",
+    "cmdstat_hmget",
     "cmdstat_hset",
     "cmdstat_del",
     "cmdstat_hincrby",
@@ -624,3 +631,100 @@ async def _publish_http(port: int, channel: str, n: int) -> str:
     assert status == 200, body
     message_id: str = body["id"]
     return message_id
+
+
+# --- bursts of attaches ---------------------------------------------------------------------
+
+BURST = 5000  # new channels at once, as when a restarted node's clients come back
+
+
+async def _polls_at_once(port: int, channels: list[str]) -> list[tuple[int, Any]]:
+    """A poll per channel (answered once attached), all sent at once, each on its own connection."""
+    streams = []
+    for at in range(0, len(channels), 500):  # connect in waves: the listen backlog is finite
+        streams += await asyncio.gather(
+            *(asyncio.open_connection("127.0.0.1", port) for _ in channels[at : at + 500])
+        )
+    try:
+        for (_, writer), channel in zip(streams, channels, strict=True):
+            target = f"/api/poll/{channel}?timeout=0"
+            writer.write(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+
+        async def answer(reader: asyncio.StreamReader) -> tuple[int, Any]:
+            response = await read_response(reader)
+            return response.status, response.json()
+
+        async with asyncio.timeout(60):
+            return await asyncio.gather(*(answer(reader) for reader, _ in streams))
+    finally:
+        for _, writer in streams:
+            writer.close()
+        async with asyncio.timeout(STEP_S * 2):  # closed before the node is stopped
+            await asyncio.gather(*(w.wait_closed() for _, w in streams), return_exceptions=True)
+
+
+class _ConnectionCounter:
+    """Samples how many connections rawrt holds to Redis (CLIENT LIST), from a thread."""
+
+    def __init__(self, redis_server: RedisServer) -> None:
+        self.most = 0
+        self.samples = 0
+        self._client = redis_server.client(decode_responses=True)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def now(self) -> int:
+        return sum(1 for c in self._client.client_list() if c["name"] == "rawrt-node")
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.005):
+            self.most = max(self.most, self.now())
+            self.samples += 1
+
+    def __enter__(self) -> _ConnectionCounter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(STEP_S)
+        self._client.close()
+
+
+async def test_a_burst_of_new_channels_is_served_on_a_bounded_number_of_connections(
+    redis_server: RedisServer, spawn_rawrt: Any, admin: Any
+) -> None:
+    bound = 4
+    node = spawn_rawrt(
+        "--host", "127.0.0.1", "--port", "0", "--redis", redis_server.url,
+        "--redis-max-connections", str(bound),
+    )  # fmt: skip
+    await _ready_process(node.port)
+    channels = [f"burst-{n}" for n in range(BURST)]
+    with _ConnectionCounter(redis_server) as counter:
+        answers = await _polls_at_once(node.port, channels)
+        during = counter.most
+    refused = [body for status, body in answers if status != 200]
+    assert refused == [], f"{len(refused)} of {BURST} refused: {refused[:3]}"
+    assert all(body["messages"] == [] and body["cursor"] for _, body in answers)
+    assert counter.samples > 10 and 2 <= during <= bound, (during, counter.samples)
+    # The node follows every one of them (one subscription each) and holds no more
+    # connections than the bound once the burst is over.
+    counts = dict(admin.pubsub_numsub(*(topic(c) for c in channels[:: BURST // 50])))
+    assert set(counts.values()) == {1}, counts
+    with _ConnectionCounter(redis_server) as after:
+        assert after.now() <= bound
+
+
+async def test_attaches_past_the_queue_bound_are_refused_like_any_overload(
+    make_node: MakeNode,
+) -> None:
+    node = await make_node(redis_max_pending_attaches=20)
+    answers = await _polls_at_once(node.port, [f"over-{n}" for n in range(400)])
+    statuses = [status for status, _ in answers]
+    assert set(statuses) == {200, 503} and statuses.count(200) >= 20, statuses
+    for status, body in answers:
+        assert status == 200 or (body["status"] == 503 and "attaching" in body["error"]), body
+    # Nothing is left behind: the node serves the next ones.
+    again = await _polls_at_once(node.port, [f"over-{n}" for n in range(400, 420)])
+    assert [status for status, _ in again] == [200] * 20

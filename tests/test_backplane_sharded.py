@@ -116,6 +116,19 @@ def test_backplane_for_picks_local_one_redis_or_shards() -> None:
     assert sharded.shard_states() == {"a:1/0": False, "b:1/0": False}
 
 
+def test_several_sentinel_masters_are_shards_named_by_master() -> None:
+    sentinels = "127.0.0.1:1,127.0.0.1:2"
+    one = backplane_for(Config(redis_sentinel=sentinels, redis_master="m"))
+    assert isinstance(one, RedisBackplane)
+    groups = backplane_for(Config(redis_sentinel=sentinels, redis_master="m2, m1"))
+    assert isinstance(groups, ShardedBackplane)
+    assert groups.shard_states() == {"m1": False, "m2": False}
+    assert groups.shard_for("news") == pick_shard(["m1", "m2"], "news")
+    for bad in ("m,m", "m,", ""):
+        with pytest.raises(ConfigError, match="redis_master"):
+            Config(redis_sentinel=sentinels, redis_master=bad)
+
+
 def test_a_shard_id_is_the_address_without_credentials_or_options() -> None:
     assert redis_address("redis://:secret@Cache.example:6380/2") == "cache.example:6380/2"
     assert redis_address("rediss://user:pw@h/1?socket_timeout=3") == "h:6379/1"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import pytest
 from support import QUIET_PATCH_WRITER
@@ -118,14 +119,20 @@ def test_short_aliases_and_long_flags_name_the_same_field() -> None:
     assert (config.workers, config.redis_url) == (2, "redis://r")
 
 
-def test_every_field_has_a_flag_and_a_variable() -> None:
+_REDIS_BY_URL = {"redis_url": "redis://r"}
+_REDIS_BY_SENTINEL = {"redis_sentinel": "127.0.0.1:26379,[::1]:26380", "redis_master": "m"}
+
+
+@pytest.mark.parametrize("redis", [_REDIS_BY_URL, _REDIS_BY_SENTINEL])
+def test_every_field_has_a_flag_and_a_variable(redis: dict[str, str]) -> None:
+    # One way to name Redis at a time: a URL, or Sentinels and a master.
+    others = (_REDIS_BY_URL.keys() | _REDIS_BY_SENTINEL.keys()) - redis.keys()
     given = {
-        f.name: ("/x" if f.name == "echo_path" else "redis://r" if f.name == "redis_url"
-                 else str(f.default))
+        f.name: "/x" if f.name == "echo_path" else redis.get(f.name, str(f.default))
         for f in dataclasses.fields(Config)
-        if f.name != "demo"  # a switch: --demo / --no-demo, tested below
-    }  # fmt: skip
-    expected = Config(echo_path="/x", redis_url="redis://r")
+        if f.name not in others and f.name != "demo"  # demo: --demo / --no-demo, tested below
+    }
+    expected = Config(echo_path="/x", **redis)  # type: ignore[arg-type]
     argv = [a for name, text in given.items() for a in ("--" + name.replace("_", "-"), text)]
     assert parse_config(argv, {}) == expected
     assert parse_config([], {f"RAWRT_{name.upper()}": text for name, text in given.items()}) == (
@@ -148,6 +155,21 @@ def test_keys_or_tokens_turn_the_demo_off_unless_it_is_asked_for() -> None:
     keyed = Config(publish_key="k" * 16)
     assert not demo_enabled(tokens) and not demo_enabled(keyed)
     assert demo_enabled(tokens.replace(demo=True)) and demo_enabled(keyed.replace(demo=True))
+@pytest.mark.parametrize(
+    "values",
+    [{"redis_sentinel": "127.0.0.1:26379"}, {"redis_master": "m"},
+     {**_REDIS_BY_SENTINEL, **_REDIS_BY_URL}, {**_REDIS_BY_SENTINEL, "redis_sentinel": "h"},
+     {**_REDIS_BY_SENTINEL, "redis_sentinel": "h:1,h:x"}, {"redis_max_connections": 2},
+     {"redis_max_pending_attaches": 0}],
+)  # fmt: skip
+def test_redis_settings_that_cannot_work_are_refused(values: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError):
+        Config(**values)
+
+
+def test_sentinel_flags_have_short_names() -> None:
+    config = parse_config(["--redis-sentinel", "127.0.0.1:1", "--redis-master", "m"], {})
+    assert (config.redis_sentinel, config.redis_master) == ("127.0.0.1:1", "m")
 
 
 def test_environment_defaults_to_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -398,6 +398,40 @@ def test_ingress_annotations(manifests: dict[tuple[str, str], dict[str, Any]]) -
     assert backend["name"] == "rawrt"
 
 
+def test_sentinel_manifests_agree_with_each_other_and_with_rawrt() -> None:
+    folder = DEPLOY / "k8s" / "sentinel"
+    docs = [d for d in yaml.safe_load_all((folder / "redis-sentinel.yaml").read_text()) if d]
+    found = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    redis, sentinel = (found[("StatefulSet", n)]["spec"] for n in ("rawrt-redis", "rawrt-sentinel"))
+    assert redis["replicas"] == 2 and sentinel["replicas"] == 3
+    for spec in (redis, sentinel):  # headless Services give each pod a stable name
+        service = found[("Service", spec["serviceName"])]["spec"]
+        assert service["clusterIP"] == "None"
+        assert service["selector"].items() <= spec["template"]["metadata"]["labels"].items()
+    conf = found[("ConfigMap", "rawrt-sentinel")]["data"]["sentinel.conf"].splitlines()
+    monitor = next(line.split() for line in conf if line.startswith("sentinel monitor "))
+    name, host, port, quorum = monitor[2:]
+    assert host == f"rawrt-redis-0.{redis['serviceName']}" and port == "6379"
+    assert sentinel["replicas"] // 2 < int(quorum) <= sentinel["replicas"]
+    sentinel_port = found[("Service", "rawrt-sentinel")]["spec"]["ports"][0]["port"]
+    assert f"port {sentinel_port}" in conf
+
+    patch = yaml.safe_load((folder / "rawrt-env.patch").read_text())
+    assert (patch["kind"], patch["metadata"]["name"]) == ("Deployment", "rawrt")
+    (container,) = patch["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["RAWRT_REDIS_URL"] == {"name": "RAWRT_REDIS_URL", "$patch": "delete"}
+    assert env["RAWRT_REDIS_MASTER"]["value"] == name
+    expected = [f"rawrt-sentinel-{i}.rawrt-sentinel:{sentinel_port}" for i in range(3)]
+    assert env["RAWRT_REDIS_SENTINEL"]["value"].split(",") == expected
+    # rawrt itself accepts them.
+    config = Config(
+        redis_sentinel=env["RAWRT_REDIS_SENTINEL"]["value"],
+        redis_master=env["RAWRT_REDIS_MASTER"]["value"],
+    )
+    assert config.redis_url is None
+
+
 # --- local-cluster.sh -----------------------------------------------------------------------
 
 
@@ -417,6 +451,7 @@ def test_script_syntax_and_usage(tmp_path: Path) -> None:
     subprocess.run(["bash", "-n", str(DEPLOY / "local-cluster.sh")], check=True, timeout=30)
     assert _script(cwd=tmp_path).returncode == 2
     assert _script("sideways", str(tmp_path), cwd=tmp_path).returncode == 2
+    assert "--sentinel" in _script(cwd=tmp_path).stderr  # the usage names the Sentinel mode
 
 
 def test_script_touches_only_its_own_state(tmp_path: Path) -> None:

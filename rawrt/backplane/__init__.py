@@ -12,10 +12,12 @@ A `Backplane` sits between the server and the hub:
 - `ready` says whether publishing can work now (`/readyz`).
 
 `backplane_for(config)` builds the one a Config asks for: `LocalBackplane` without Redis, a
-`RedisBackplane` for one Redis URL, and for several a `ShardedBackplane`
-(`rawrt.backplane.sharded`) that spreads channels over one `RedisBackplane` per Redis.
+`RedisBackplane` for one Redis (a URL, or a Sentinel master), and for several a
+`ShardedBackplane` (`rawrt.backplane.sharded`) that spreads channels over one
+`RedisBackplane` per Redis.
 
-Only `rawrt.backplane.redis` imports redis, and only when a Redis URL is configured.
+Only `rawrt.backplane.redis` and its helper `redis_calls` import redis, and only when Redis
+is configured.
 """
 
 from __future__ import annotations
@@ -96,20 +98,31 @@ class LocalBackplane:
 
 
 def backplane_for(config: Config) -> Backplane:
-    """The backplane `config` asks for: in this process, one Redis, or several as shards."""
-    if not config.redis_url:
+    """The backplane `config` asks for: in this process, one Redis, or several as shards.
+
+    Several Redis are several URLs in `redis_url`, or several master names in `redis_master`
+    (Sentinel groups found through the same `redis_sentinel`). A shard's id, which the channel
+    hash uses, is its server's address or its master name: never the order of the list.
+    """
+    if not (config.redis_url or config.redis_master):
         return LocalBackplane()
-    # Imported here: redis is an optional dependency, needed only with a Redis URL.
+    # Imported here: redis is an optional dependency, needed only with Redis configured.
     from rawrt.backplane.redis import RedisBackplane
 
-    urls = redis_urls(config.redis_url)
-    if len(urls) == 1:
-        return RedisBackplane(config, url=urls[0])
+    if config.redis_url:
+        targets = {redis_address(url): {"url": url} for url in redis_urls(config.redis_url)}
+    else:
+        assert config.redis_master
+        names = [name.strip() for name in config.redis_master.split(",")]
+        targets = {name: {"master": name} for name in names}
+    shards: dict[str, Backplane] = {
+        shard_id: RedisBackplane(config, **target) for shard_id, target in targets.items()
+    }
+    if len(shards) == 1:
+        (only,) = shards.values()
+        return only
     from rawrt.backplane.sharded import ShardedBackplane
 
-    shards: dict[str, Backplane] = {
-        redis_address(url): RedisBackplane(config, url=url) for url in urls
-    }
     # A shard's first connection attempt (connect, then SUBSCRIBE) is over within twice the
     # Redis timeout: by then a node has reached every shard it can.
     return ShardedBackplane(shards, settle_s=2 * config.redis_timeout_s)

@@ -2,27 +2,41 @@
 
 Theory of operation
 -------------------
-Redis holds, per channel C, a hash `{prefix}:{C}:h` (the history's epoch `e` and last
-sequence number `s`) and a capped stream `{prefix}:{C}:x` (the history: entry `<seq>-0`
-with fields `d`, the data's JSON, and `t`, the timestamp). One Lua script numbers a publish,
-appends it to the stream and PUBLISHes `"<epoch> <seq> <ts> <data>"` on `{prefix}:m:C`, all
-atomically: one round trip per publish, and a node's queued publishes share one pipeline.
+Redis holds, per channel C, a hash (the history's epoch, last sequence number and the
+identity of the Redis lineage that wrote it) and a capped stream (the history); the Lua
+scripts of `rawrt.backplane.redis_scripts` number a publish, append it and PUBLISH
+`"<epoch> <seq> <ts> <data>"` on `{prefix}:m:C`, all atomically, and start a new epoch
+whenever the live Redis is not the lineage that wrote the channel: after a restart or a
+failover, when Redis may have lost acknowledged writes, ids are never reused (that module
+says why this is race-free).
 
 A node subscribes to a channel's pub/sub only while it has local subscribers (plus a short
 linger), one subscription per channel, never per client. Attaching is:
 
 1. SUBSCRIBE, and wait for Redis to confirm it: from then on every publish reaches us;
-2. a snapshot of the history (the second script: epoch, head, newest entries), which the
-   hub takes with `sync()`; messages that arrive meanwhile are held and applied after.
+2. a snapshot of the history (epoch, head, newest entries), which the hub takes with
+   `sync()`; messages that arrive meanwhile are held and applied after.
 
 Pub/sub is at most once, so every message is checked against the hub's head: a hole in the
 sequence, or a different epoch, makes the node take a fresh snapshot (`sync()` fills the
 hole from history, or resets readers when history no longer covers it). After the pub/sub
 connection drops, every attached channel is resubscribed and re-synced the same way, so a
-node that missed messages fetches them. If Redis lost the history (a restart without
-persistence, a flush), the scripts start a new epoch and readers get a reset, never a gap.
+node that missed messages fetches them, and a node whose Redis restarted or failed over
+resets its readers at once (the snapshot starts the new epoch), whether or not anything is
+published afterwards.
 
-While Redis is unreachable, live subscribers stay connected, publishes fail fast with
+Connections: one pub/sub connection, one for publishes and the rest (redis_max_connections
+in all) for snapshots. Work queues for them instead of opening more: publishes queued
+together share one pipeline, snapshots too (`redis_calls.ScriptQueue`, one worker per
+connection), and SUBSCRIBE/UNSUBSCRIBE wishes made together go out as one command each.
+A burst of attaches (a node restarting, its clients coming back) costs a few round trips,
+not a connection each; past redis_max_pending_attaches channels waiting, a new one is
+refused like any overload (503, an error frame, SSE's retry).
+
+Redis is found by URL or through Sentinel (`master_for`): every new connection asks the
+Sentinels for the primary, and the pub/sub reader checks each second that its connection is
+still on the primary Sentinel names, so both connections follow a failover. While Redis is
+unreachable, live subscribers stay connected, publishes fail within redis_timeout_s with
 BackplaneUnavailable (503), `ready` is False, and the node reconnects with backoff.
 """
 
@@ -32,16 +46,14 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections import deque
 from collections.abc import Coroutine
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
+from rawrt.backplane.redis_calls import ScriptQueue, client_for, unavailable
+from rawrt.backplane.redis_scripts import PUBLISH, SNAPSHOT
 from rawrt.config import Config
 from rawrt.errors import BackplaneUnavailable, HubFull
 from rawrt.hub import Entry, Hub
@@ -51,51 +63,18 @@ __all__ = ["RedisBackplane"]
 
 log = logging.getLogger("rawrt")
 
-# Both scripts start here. KEYS: hash, stream. ARGV[1]: a candidate epoch, ARGV[2]: ttl
-# seconds (0: keep). A missing hash means the history is gone (or never was): start a new
-# epoch and drop any stream left behind, so ids of the old lifetime can never match.
-_EPOCH = """
-local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', epoch, 's', 0)
-end
-if tonumber(ARGV[2]) > 0 then
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
-  redis.call('EXPIRE', KEYS[2], ARGV[2])
-end
-"""
-
-# ARGV[3..6]: data, timestamp, history size, pub/sub channel. Returns the epoch and seq.
-_PUBLISH = (
-    _EPOCH
-    + """
-local seq = redis.call('HINCRBY', KEYS[1], 's', 1)
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], seq .. '-0', 'd', ARGV[3], 't', ARGV[4])
-redis.call('PUBLISH', ARGV[6], epoch .. ' ' .. seq .. ' ' .. ARGV[4] .. ' ' .. ARGV[3])
-return {epoch, seq}
-"""
-)
-
-# ARGV[3]: history size. Returns the epoch, the head seq and the newest entries, newest
-# first: one consistent snapshot.
-_SNAPSHOT = (
-    _EPOCH
-    + """
-local seq = redis.call('HGET', KEYS[1], 's')
-return {epoch, seq, redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[3])}
-"""
-)
-
-# What a client is told when Redis cannot be used.
-_UNAVAILABLE = "the backplane (Redis) is unavailable"
 # A pub/sub connection quiet for this long is pinged.
 _QUIET_S = 1.0
-# Publishes sent in one pipeline at most; more wait for the next round trip.
-_BATCH = 256
+# Channels named in one SUBSCRIBE or UNSUBSCRIBE command at most.
+_SUBSCRIBE_BATCH = 1000
+# With Sentinel, the reader checks this often that its connection is still on the primary.
+_PRIMARY_CHECK_S = 1.0
+# Connections that are not for snapshots: pub/sub and publishes.
+_OTHER_CONNECTIONS = 2
 # Reconnection backoff, doubling from the first to the last.
 _BACKOFF_S = (0.05, 5.0)
+# Tries of one step of an attach (SUBSCRIBE confirmed, snapshot) while Redis stays connected.
+_TRIES = 3
 # Messages held per channel while its snapshot is taken; past this the snapshot is retaken.
 _HELD_MAX = 10_000
 
@@ -113,29 +92,40 @@ class _Attachment:
         self.syncing: asyncio.Future[None] | None = None  # a re-sync in progress
 
 
+_Snapshot = tuple[str, int, list[Entry]]
+
+
 class RedisBackplane:
+    """One Redis (by `url`) or one Sentinel group (by `master`); see the module docstring.
+
+    With neither, the target comes from the config: redis_url, else redis_master through
+    redis_sentinel.
+    """
+
     assigns_ids_locally = False
 
-    def __init__(self, config: Config, *, url: str | None = None) -> None:
-        url = url or config.redis_url
-        assert url
+    def __init__(self, config: Config, *, url: str | None = None, master: str | None = None):
+        assert url is None or master is None, "one target: a URL or a Sentinel master"
         self._config = config
         self._prefix = config.redis_prefix
-        self._client = aioredis.Redis.from_url(
-            url,
-            socket_timeout=config.redis_timeout_s,
-            socket_connect_timeout=config.redis_timeout_s,
-            # One retry, at once: enough to replace a pooled connection a Redis restart left
-            # dead, not enough to hang a publish while Redis is down.
-            retry=Retry(NoBackoff(), 1),
-            decode_responses=False,
-        )
-        self._publish_script = self._client.register_script(_PUBLISH)
-        self._snapshot_script = self._client.register_script(_SNAPSHOT)
+        self._client, self._sentinel = client_for(config, url, master)
+        timeout_s = config.redis_timeout_s
+        self._publishes = ScriptQueue(
+            self._client, PUBLISH, _message_id, timeout_s=timeout_s,
+            limit=config.max_pending_publishes, what="publishes", deadline=True,
+        )  # fmt: skip
+        # At most one snapshot per attachment being synced: max_channels plus the pending
+        # attaches. The bound is a backstop.
+        self._snapshots = ScriptQueue(
+            self._client, SNAPSHOT, _snapshot_of, timeout_s=timeout_s,
+            limit=config.max_channels + config.redis_max_pending_attaches, what="snapshots",
+            deadline=False,
+        )  # fmt: skip
         self._hub: Hub | None = None
         self._attached: dict[str, _Attachment] = {}
-        self._queue: deque[tuple[str, str, int, asyncio.Future[str]]] = deque()
-        self._queued = asyncio.Event()
+        self._attaching = 0  # attachments not ready yet (bounded: redis_max_pending_attaches)
+        self._wishes: dict[str, bool] = {}  # pub/sub topic -> subscribe (True) or not, to send
+        self._wished = asyncio.Event()
         self._pubsub: PubSub | None = None
         self._connected = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -148,11 +138,19 @@ class RedisBackplane:
         return self._connected
 
     async def start(self, hub: Hub) -> None:
-        """Start the publisher and the pub/sub reader; returns without waiting for Redis."""
+        """Start the workers (publishes, snapshots, subscriptions, pub/sub reader); returns
+        without waiting for Redis."""
         self._hub = hub
+        snapshotters = self._config.redis_max_connections - _OTHER_CONNECTIONS
         self._tasks = [
-            asyncio.create_task(self._publisher(), name="rawrt-redis-publisher"),
+            # One worker keeps publishes in order; snapshots have the other connections.
+            asyncio.create_task(self._publishes.serve(), name="rawrt-redis-publisher"),
             asyncio.create_task(self._reader(), name="rawrt-redis-reader"),
+            asyncio.create_task(self._subscriber(), name="rawrt-redis-subscriber"),
+            *(
+                asyncio.create_task(self._snapshots.serve(), name="rawrt-redis-snapshots")
+                for _ in range(snapshotters)
+            ),
         ]
 
     async def stop(self) -> None:
@@ -161,9 +159,13 @@ class RedisBackplane:
         for task in [*self._tasks, *self._background]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._fail_queue(BackplaneUnavailable("server stopping"))
+        self._publishes.fail_all(BackplaneUnavailable("server stopping"))
+        self._snapshots.fail_all(BackplaneUnavailable("server stopping"))
         await self._close_pubsub()
         await self._client.aclose()
+        if self._sentinel is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._sentinel.aclose()
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
@@ -173,67 +175,53 @@ class RedisBackplane:
     # --- publishing ------------------------------------------------------------------------
 
     def publish(self, channel: str, data_json: str, timestamp_ms: int) -> asyncio.Future[str]:
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        if len(self._queue) >= self._config.max_pending_publishes:
-            future.set_exception(BackplaneUnavailable("too many publishes waiting for Redis"))
-            return future
-        self._queue.append((channel, data_json, timestamp_ms, future))
-        self._queued.set()
-        return future
+        c = self._config
+        args = [_new_epoch(), c.redis_history_ttl_s, data_json, timestamp_ms, c.history_size]
+        return self._publishes.call(self._keys(channel), [*args, self._topic(channel)])
 
-    async def _publisher(self) -> None:
-        """Send queued publishes in order, a pipeline of up to _BATCH per round trip."""
-        while True:
-            await self._queued.wait()
-            batch = [self._queue.popleft() for _ in range(min(_BATCH, len(self._queue)))]
-            if not self._queue:
-                self._queued.clear()
+    async def _snapshot(self, channel: str) -> _Snapshot:
+        """A consistent snapshot of `channel`'s shared history, taken with others queued.
+
+        A snapshot that timed out is taken again while Redis stays connected (bounded): a
+        burst of attaches keeps the event loop busy enough to trip a deadline while Redis
+        itself answers in time, and the burst must be served, not refused.
+        """
+        c = self._config
+        args = [_new_epoch(), c.redis_history_ttl_s, c.history_size]
+        for _ in range(_TRIES - 1):
             try:
-                results = await self._run_batch(batch)
+                return await self._snapshots.call(self._keys(channel), args)
+            except BackplaneUnavailable:
+                if not self._connected:
+                    raise
+        return await self._snapshots.call(self._keys(channel), args)
+
+    # --- subscribing -----------------------------------------------------------------------
+
+    def _wish(self, channel: str, subscribed: bool) -> None:
+        """Ask for a channel's pub/sub to be (un)subscribed; the last wish wins."""
+        self._wishes[self._topic(channel)] = subscribed
+        self._wished.set()
+
+    async def _subscriber(self) -> None:
+        """Send the wishes, up to _SUBSCRIBE_BATCH channels per command, one at a time."""
+        while True:
+            await self._wished.wait()
+            topics = list(self._wishes)[:_SUBSCRIBE_BATCH]
+            wanted = [self._wishes.pop(t) for t in topics]
+            if not self._wishes:
+                self._wished.clear()
+            pubsub = self._pubsub
+            if pubsub is None:
+                continue  # the reconnect subscribes every attached channel itself
+            try:
+                if on := [t for t, w in zip(topics, wanted, strict=True) if w]:
+                    await pubsub.subscribe(*on)
+                off = [t for t, w in zip(topics, wanted, strict=True) if not w]
+                if off := [t for t in off if t[len(self._prefix) + 3 :] not in self._attached]:
+                    await pubsub.unsubscribe(*off)
             except (RedisError, OSError) as exc:
-                log.warning("publishing %d messages failed: %s", len(batch), exc)
-                results = [BackplaneUnavailable(_UNAVAILABLE)] * len(batch)
-            except Exception:  # a bug: fail these publishes, keep serving the next ones
-                log.exception("bug in the Redis publisher")
-                results = [BackplaneUnavailable("internal error")] * len(batch)
-            for (_, _, _, future), result in zip(batch, results, strict=True):
-                if future.done():
-                    continue
-                if isinstance(result, BaseException):
-                    future.set_exception(_unavailable(result))
-                else:
-                    future.set_result(format_id(result[0].decode(), int(result[1])))
-
-    async def _run_batch(self, batch: list[tuple[str, str, int, asyncio.Future[str]]]) -> list[Any]:
-        # Not redis-py's Script helper: in a pipeline it sends SCRIPT EXISTS before every
-        # execute(), a second round trip per batch (per publish, when they come one at a
-        # time), and on failure it keeps a pool connection. SCRIPT LOAD (idempotent, cheap
-        # when cached) goes first in the same pipeline instead: Redis runs one client's
-        # commands in order, so every EVALSHA after it finds the script, even right after a
-        # restart emptied the script cache. One round trip per batch.
-        async with self._client.pipeline(transaction=False) as pipe:
-            pipe.script_load(_PUBLISH)
-            for channel, data_json, timestamp_ms, _ in batch:
-                pipe.evalsha(
-                    self._publish_script.sha,
-                    2,
-                    *self._keys(channel),
-                    _new_epoch(),
-                    self._config.redis_history_ttl_s,
-                    data_json,
-                    timestamp_ms,
-                    self._config.history_size,
-                    self._topic(channel),
-                )
-            results = list(await pipe.execute(raise_on_error=False))
-        # The load's own answer does not matter: had it failed, each EVALSHA says so itself.
-        return results[1:]
-
-    def _fail_queue(self, error: BaseException) -> None:
-        while self._queue:
-            future = self._queue.popleft()[3]
-            if not future.done():
-                future.set_exception(error)
+                log.info("subscribing failed (%s); the reader reconnects", exc)
 
     # --- attaching channels ----------------------------------------------------------------
 
@@ -248,9 +236,19 @@ class RedisBackplane:
             syncing = self._start_sync(channel, attachment)
             return asyncio.ensure_future(self._synced_within_timeout(syncing))
         if attachment is None:
-            attachment = self._attached[channel] = _Attachment(asyncio.get_running_loop())
+            loop = asyncio.get_running_loop()
+            if self._attaching >= self._config.redis_max_pending_attaches:
+                refused: asyncio.Future[None] = loop.create_future()
+                refused.set_exception(BackplaneUnavailable("too many channels attaching"))
+                return refused
+            attachment = self._attached[channel] = _Attachment(loop)
+            self._attaching += 1
+            attachment.ready.add_done_callback(self._attached_one)
             self._spawn(self._attach(channel, attachment))
         return attachment.ready
+
+    def _attached_one(self, _: asyncio.Future[None]) -> None:
+        self._attaching -= 1
 
     async def _synced_within_timeout(self, syncing: asyncio.Future[None]) -> None:
         """Wait for a re-sync, but no longer than redis_timeout_s.
@@ -271,10 +269,8 @@ class RedisBackplane:
         try:
             if self._pubsub is None or not self._connected:
                 raise BackplaneUnavailable("Redis is not connected")
-            await self._pubsub.subscribe(self._topic(channel))
-            await asyncio.wait_for(
-                asyncio.shield(attachment.confirmed), self._config.redis_timeout_s
-            )
+            self._wish(channel, True)
+            await self._confirmed(attachment)
             await self._sync(channel, attachment)
         except (TimeoutError, RedisError, OSError, BackplaneUnavailable, HubFull) as exc:
             # HubFull: every channel slot here is busy; the waiting client is told so.
@@ -282,11 +278,28 @@ class RedisBackplane:
                 self._detach(channel)
             if not attachment.ready.done():
                 attachment.ready.set_exception(
-                    exc if isinstance(exc, HubFull) else _unavailable(exc)
+                    exc if isinstance(exc, HubFull) else unavailable(exc)
                 )
             return
         if not attachment.ready.done():
             attachment.ready.set_result(None)
+
+    async def _confirmed(self, attachment: _Attachment) -> None:
+        """Wait for Redis to confirm the SUBSCRIBE; again while connected (bounded).
+
+        In a burst of attaches the event loop parses thousands of requests before the
+        SUBSCRIBE goes out, which may take longer than redis_timeout_s although Redis is
+        fine. A reconnect replaces `confirmed` (the new connection subscribes again).
+        """
+        for _ in range(_TRIES - 1):
+            try:
+                return await asyncio.wait_for(
+                    asyncio.shield(attachment.confirmed), self._config.redis_timeout_s
+                )
+            except TimeoutError:
+                if not self._connected:
+                    raise
+        await asyncio.wait_for(asyncio.shield(attachment.confirmed), self._config.redis_timeout_s)
 
     async def _sync(self, channel: str, attachment: _Attachment) -> None:
         """Take a snapshot into the hub, then apply what arrived meanwhile (bounded retries)."""
@@ -302,14 +315,6 @@ class RedisBackplane:
                 return
             attachment.held = []  # a hole even after the snapshot: take another
         raise BackplaneUnavailable(f"could not sync channel {channel!r}")
-
-    async def _snapshot(self, channel: str) -> tuple[str, int, list[Entry]]:
-        epoch, head, raw = await self._snapshot_script(
-            keys=self._keys(channel),
-            args=[_new_epoch(), self._config.redis_history_ttl_s, self._config.history_size],
-        )
-        entries = [_entry(entry_id, fields) for entry_id, fields in reversed(raw)]
-        return epoch.decode(), int(head), entries
 
     def on_evict(self, channel: str) -> None:
         self._detach(channel)
@@ -330,12 +335,7 @@ class RedisBackplane:
 
     def _detach(self, channel: str) -> None:
         if self._attached.pop(channel, None) is not None and self._pubsub is not None:
-            self._spawn(self._unsubscribe(channel))
-
-    async def _unsubscribe(self, channel: str) -> None:
-        if self._pubsub is not None and channel not in self._attached:
-            with contextlib.suppress(RedisError, OSError):
-                await self._pubsub.unsubscribe(self._topic(channel))
+            self._wish(channel, False)
 
     # --- the pub/sub reader ----------------------------------------------------------------
 
@@ -364,8 +364,10 @@ class RedisBackplane:
         for _, attachment in channels:
             attachment.confirmed = asyncio.get_running_loop().create_future()
             attachment.held = []
-        if channels:
-            await pubsub.subscribe(*(self._topic(c) for c, _ in channels))
+        for at in range(0, len(channels), _SUBSCRIBE_BATCH):
+            await pubsub.subscribe(
+                *(self._topic(c) for c, _ in channels[at : at + _SUBSCRIBE_BATCH])
+            )
         self._connected = True
         log.info("connected to Redis; %d channels to re-sync", len(channels))
         for channel, attachment in channels:
@@ -405,7 +407,11 @@ class RedisBackplane:
         pubsub, loop = self._pubsub, asyncio.get_running_loop()
         assert pubsub is not None
         ping_sent: float | None = None
+        checked = loop.time()
         while True:
+            if self._sentinel is not None and loop.time() - checked > _PRIMARY_CHECK_S:
+                await self._check_primary(pubsub)
+                checked = loop.time()
             message = await pubsub.get_message(timeout=_QUIET_S)
             if message is not None:
                 ping_sent = None  # any traffic shows the connection is alive
@@ -416,6 +422,26 @@ class RedisBackplane:
                 ping_sent = loop.time()
             elif loop.time() - ping_sent > self._config.redis_timeout_s:
                 raise TimeoutError("the pub/sub connection stopped answering")
+
+    async def _check_primary(self, pubsub: PubSub) -> None:
+        """Raise when Sentinel names another primary than the one pub/sub is connected to.
+
+        A demoted primary still serves SUBSCRIBE, and even relays what its new primary
+        publishes: nothing else would tell. Asking through the pool also drops its idle
+        command connections to the old primary (redis-py's SentinelConnectionPool). When no
+        Sentinel answers (or none names a primary that is up), the connection is kept: the
+        pub/sub ping tells whether it still works, and nothing tells where else to go.
+        """
+        pool: Any = self._client.connection_pool
+        try:
+            async with asyncio.timeout(self._config.redis_timeout_s):
+                primary = await pool.get_master_address()
+        except (TimeoutError, RedisError, OSError) as exc:
+            log.info("no Sentinel names a primary (%s); keeping the connection", exc)
+            return
+        connection: Any = pubsub.connection
+        if connection is None or (connection.host, connection.port) != tuple(primary):
+            raise RedisError(f"the primary moved to {primary[0]}:{primary[1]}")
 
     def _on_message(self, message: dict[str, Any]) -> None:
         topic = message["channel"].decode()
@@ -470,8 +496,12 @@ def _entry(entry_id: bytes, fields: list[bytes]) -> Entry:
     return Entry(int(entry_id.split(b"-")[0]), int(values[b"t"]), values[b"d"].decode())
 
 
-def _unavailable(exc: BaseException) -> BackplaneUnavailable:
-    if isinstance(exc, BackplaneUnavailable):
-        return exc
-    log.info("Redis call failed: %s", exc)
-    return BackplaneUnavailable(_UNAVAILABLE)  # clients learn no addresses or internals
+def _message_id(result: Any) -> str:
+    epoch, seq = result
+    return format_id(epoch.decode(), int(seq))
+
+
+def _snapshot_of(result: Any) -> _Snapshot:
+    epoch, head, raw = result
+    entries = [_entry(entry_id, fields) for entry_id, fields in reversed(raw)]
+    return epoch.decode(), int(head), entries
