@@ -80,6 +80,9 @@ HELP = {
     "--max-client-messages-per-s",
     "demo": "serve the demo page at / (--demo, --no-demo); by default on unless keys or "
     "tokens are configured",
+    "drain_delay_s": "seconds /readyz answers 503 after SIGTERM before any connection closes",
+    "drain_s": "seconds over which a drain closes the open connections, evenly (0 = all at "
+    "once); a second SIGTERM or SIGINT cuts it short",
 }
 # Short option names users expect; the long forms stay valid.
 ALIASES = {
@@ -165,14 +168,20 @@ async def _serve(config: Config) -> None:
     server = Server(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            server.cut_drain()  # a second signal: stop waiting
+        stop.set()
+
     # Before start(): a SIGTERM sent as soon as the "listening" line appears must stop the
     # server gracefully, not kill the process.
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     await server.start()
     await stop.wait()
     logging.getLogger("rawrt").info("stopping")
-    await server.stop()
+    await server.drain()
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

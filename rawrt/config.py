@@ -131,6 +131,13 @@ class Config:
     keepalive_timeout_s: float = 75.0
     # On shutdown, connections get this long to finish before they are cut.
     shutdown_timeout_s: float = 5.0
+    # On SIGTERM, /readyz answers 503 for this many seconds before anything closes, so that
+    # load balancers stop sending new clients here first (they probe every few seconds).
+    drain_delay_s: float = 0.0
+    # ... then the listener closes and the open connections are closed spread evenly over
+    # this many seconds (rawrt.drain), so their clients reconnect elsewhere at a steady rate
+    # instead of all at once. 0 closes them all at once.
+    drain_s: float = 0.0
 
     # --- output flow control -----------------------------------------------------------------
     # Above this many bytes queued in a socket, rawrt stops writing to it and keeps only a
@@ -244,6 +251,8 @@ def _problems(c: Config) -> list[str]:
         "redis_linger_s",
         "redis_history_ttl_s",
         "shutdown_timeout_s",
+        "drain_delay_s",
+        "drain_s",
         "sse_retry_ms",
         "max_connections_per_ip",
         "max_client_messages_per_s",

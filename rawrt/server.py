@@ -25,11 +25,18 @@ counts for, which is how `max_connections_per_ip` is kept (rawrt.netpolicy): a c
 counted at accept when its peer is the client, when a request names its client when the peer
 is a trusted proxy (`reclaim`), and carried over, uncounted-then-recounted in one step, when a
 transport takes its socket over (`forget`, then `register`).
+
+`drain()` is what SIGTERM does: not ready at once, then, after `drain_delay_s`, no more
+accepting, and the connections open at that moment closed a slice per sweep tick, spread
+evenly over `drain_s` (rawrt.drain), each slice after a hub flush, so that a client's last
+messages are written before its goodbye. The sweep ticks about a hundred times per window
+while a drain runs; there is no timer per connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -38,6 +45,7 @@ from rawrt.access import AccessPolicy, open_warning
 from rawrt.backplane import backplane_for
 from rawrt.config import Config
 from rawrt.connection import HttpConnection
+from rawrt.drain import DrainPlan
 from rawrt.edge import CorsHeaders, PingedSession, RequestHeaders, Session, StreamSession
 from rawrt.errors import ConfigError
 from rawrt.hub import Hub
@@ -55,6 +63,8 @@ log = logging.getLogger("rawrt")
 # deadline is met within a quarter of its length; never more often than 20 times a second.
 _SWEEPS_PER_PERIOD = 4
 _MIN_SWEEP_S = 0.05
+# A drain closes its connections in this many slices (fewer when the window is short).
+_DRAIN_SLICES = 100
 
 
 class Server:
@@ -67,6 +77,10 @@ class Server:
         self.hub: Hub = None  # type: ignore[assignment]  # made in start(), in the loop
         self.router = Router(self)
         self.stopping = False
+        # Set by drain(): /readyz says 503 from then on, while the connections are still served.
+        self.draining = False
+        self._drain_plan: DrainPlan[Session] | None = None
+        self._drain_cut: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: asyncio.Server | None = None
         self._port: int | None = None  # kept after stop(): the listener's sockets are gone
@@ -128,6 +142,53 @@ class Server:
         if warning is not None:
             log.warning("%s", warning)
 
+    async def drain(self) -> None:
+        """Leave without a reconnect storm, then stop (what SIGTERM does).
+
+        /readyz answers 503 at once; after drain_delay_s the listener closes and the open
+        connections are closed a slice per sweep tick, spread evenly over drain_s
+        (rawrt.drain); then stop() says goodbye to whatever is left. `cut_drain()` (a second
+        signal) skips whatever wait remains.
+        """
+        if self._listener is None or self.stopping or self.draining:
+            return
+        self.draining = True
+        cut = self._drain_cut = asyncio.Event()
+        c = self.config
+        log.info("draining: not ready; closing connections over %.3g s", c.drain_s)
+        await self._wait_unless_cut(c.drain_delay_s)
+        if not cut.is_set() and c.drain_s > 0:
+            self._listener.close()  # stop accepting: new clients go to other nodes
+            self._drain_plan = DrainPlan(list(self._connections), self.clock(), c.drain_s)
+            self._restart_sweep()  # ticks often enough to spread the closes from now
+            await self._wait_unless_cut(c.drain_s + 2 * _drain_tick_s(c.drain_s))
+        self._drain_plan = None
+        await self.stop()
+
+    def cut_drain(self) -> None:
+        """Stop waiting: the drain goes straight to stop() (a second SIGTERM or SIGINT)."""
+        if self._drain_cut is not None:
+            self._drain_cut.set()
+
+    async def _wait_unless_cut(self, seconds: float) -> None:
+        assert self._drain_cut is not None
+        if seconds > 0 and not self._drain_cut.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drain_cut.wait(), seconds)
+
+    def _close_due(self, now: float) -> None:
+        """The sweep's part of a drain: say goodbye to the connections now due."""
+        plan = self._drain_plan
+        if plan is None:
+            return
+        due = [conn for conn in plan.due(now) if conn in self._connections]
+        if due:
+            self.hub.flush()  # what was published before a close reaches its client first
+            for conn in due:
+                conn.shutdown()
+        if plan.done and self._drain_cut is not None:
+            self._drain_cut.set()
+
     async def stop(self) -> None:
         """Stop accepting, say goodbye to every connection, and wait for them (bounded)."""
         if self._listener is None or self.stopping:
@@ -137,6 +198,7 @@ class Server:
         if self._sweep_handle is not None:
             self._sweep_handle.cancel()
         self._drained = asyncio.Event()
+        self.hub.flush()  # nothing published before a goodbye is lost to its client
         for conn in list(self._connections):
             conn.shutdown()
         if self._connections:
@@ -174,7 +236,12 @@ class Server:
     @property
     def ready(self) -> bool:
         """Listening and not stopping (and, with a backplane, connected to it)."""
-        return self._listener is not None and not self.stopping and self.backplane.ready
+        return (
+            self._listener is not None
+            and not self.stopping
+            and not self.draining
+            and self.backplane.ready
+        )
 
     # --- publishing ------------------------------------------------------------------------
 
@@ -285,11 +352,19 @@ class Server:
         if c.redis_url or c.redis_master:
             period = min(period, max(c.redis_linger_s, _MIN_SWEEP_S))
         delay = max(_MIN_SWEEP_S, period / _SWEEPS_PER_PERIOD)
+        if self._drain_plan is not None:
+            delay = min(delay, _drain_tick_s(c.drain_s))
         assert self._loop is not None
         self._sweep_handle = self._loop.call_later(delay, self._sweep)
 
+    def _restart_sweep(self) -> None:
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+        self._sweep()
+
     def _sweep(self) -> None:
         now = self.clock()
+        self._close_due(now)
         for ws in tuple(self._sockets.values()):
             ws.check_liveness(now)
         if now >= self._next_heartbeat:
@@ -304,6 +379,11 @@ class Server:
                 stream.check_expiry(wall_now)
         self.backplane.sweep(now)
         self._schedule_sweep()
+
+
+def _drain_tick_s(drain_s: float) -> float:
+    """How often the sweep runs during a drain: a hundred slices, at most 20 a second."""
+    return max(_MIN_SWEEP_S, drain_s / _DRAIN_SLICES)
 
 
 def _read_public_key(path: str) -> str | None:

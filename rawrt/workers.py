@@ -68,14 +68,17 @@ def supervise(config: Config, argv: Sequence[str]) -> int:
                 break
             log.warning("worker %d exited with %s; starting it again", i, worker.returncode)
             workers[i] = _start(argv, port, i)
-    return _stop_all(workers, reserved)
+    # A worker drains first (rawrt.drain): give it that long on top of stopping.
+    return _stop_all(workers, reserved, config.drain_delay_s + config.drain_s)
 
 
-def _stop_all(workers: list[subprocess.Popen[bytes]], reserved: socket.socket) -> int:
+def _stop_all(
+    workers: list[subprocess.Popen[bytes]], reserved: socket.socket, drain_s: float
+) -> int:
     for worker in workers:
         if worker.poll() is None:
             worker.terminate()
-    deadline = time.monotonic() + _STOP_TIMEOUT_S
+    deadline = time.monotonic() + _STOP_TIMEOUT_S + drain_s
     status = 0
     for worker in workers:
         try:

@@ -28,6 +28,7 @@ CORE = sorted(
         PACKAGE / "access.py",
         PACKAGE / "tokens.py",
         PACKAGE / "netpolicy.py",
+        PACKAGE / "drain.py",
     ]
     + [p for p in (PACKAGE / "wire").glob("*.py")]
 )
