@@ -80,6 +80,10 @@ HELP = {
     "--max-client-messages-per-s",
     "demo": "serve the demo page at / (--demo, --no-demo); by default on unless keys or "
     "tokens are configured",
+    "presence_max_users": "distinct users (token sub) one presence answer lists; past it the "
+    "list is cut and says so",
+    "history_max_limit": "most messages one history answer holds (the largest limit=, and "
+    "the default)",
     "drain_delay_s": "seconds /readyz answers 503 after SIGTERM before any connection closes",
     "drain_s": "seconds over which a drain closes the open connections, evenly (0 = all at "
     "once); a second SIGTERM or SIGINT cuts it short",

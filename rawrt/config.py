@@ -147,6 +147,13 @@ class Config:
     # A catch-up write is cut into pieces of at most this many bytes.
     catch_up_chunk_bytes: int = 64 * KIB
 
+    # --- operations --------------------------------------------------------------------------
+    # Distinct users (tokens' `sub`) one presence answer lists; past it the list is cut and
+    # says so, so a channel with many viewers cannot make an answer of unbounded size.
+    presence_max_users: int = 1000
+    # Messages one history answer may hold (`limit=`, and its default): a page, not the log.
+    history_max_limit: int = 1000
+
     # --- scale-out ---------------------------------------------------------------------------
     # redis://host:port/db for the shared backplane; None keeps everything in this process.
     # Several URLs, comma separated, are independent Redis servers, each a shard holding its
@@ -236,6 +243,8 @@ def _problems(c: Config) -> list[str]:
         "tls_handshake_timeout_s",
         "max_client_message_burst",
         "redis_max_pending_attaches",
+        "presence_max_users",
+        "history_max_limit",
     )
     for name in positive:
         value = getattr(c, name)

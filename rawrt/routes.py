@@ -39,6 +39,7 @@ from rawrt.transports.longpoll import ParkedPoll, poll_response
 from rawrt.transports.sse import EventStream, stream_unavailable
 from rawrt.transports.websocket import ChannelSocket, EchoSocket, WebSocketSession
 from rawrt.wire import envelope, handshake, http
+from rawrt.wire.history import history_body
 
 __all__ = ["Router"]
 
@@ -54,6 +55,8 @@ ROUTES: tuple[tuple[bytes, tuple[str, ...], str], ...] = (
     (b"GET", ("api", "sse", "subscribe", CHANNEL), "sse"),
     (b"GET", ("api", "poll", CHANNEL), "poll"),
     (b"POST", ("api", "poll", CHANNEL), "poll"),
+    (b"GET", ("api", "presence", CHANNEL), "presence"),
+    (b"GET", ("api", "history", CHANNEL), "history"),
     (b"GET", ("healthz",), "healthz"),
     (b"GET", ("readyz",), "readyz"),
 )
@@ -164,7 +167,6 @@ class Router:
         request.keep_alive = False
         access = self._host.access
         grant = access.subscriber_grant(request.headers, request.query, channel, time.time())
-        expires_at = None if grant is None else access.expires_at(grant)
         cors = self._host.cors_for(request.headers)
         header = request.header(b"last-event-id")
         last_id = header.decode("latin-1") if header is not None else None
@@ -172,7 +174,7 @@ class Router:
         return self._when_attached(
             channel,
             last_id,
-            lambda: self._open_stream(conn, channel, last_id, cors, expires_at, request.client),
+            lambda: self._open_stream(conn, channel, last_id, cors, grant, request.client),
             # NOTES: any status but 200 stops EventSource for good. A 200 that ends at once
             # makes it reconnect after `retry`, which a client should do while we cannot serve.
             lambda exc: stream_unavailable(cors, str(exc)),
@@ -184,23 +186,33 @@ class Router:
         channel: str,
         last_id: str | None,
         cors: CorsHeaders,
-        expires_at: float | None,
+        grant: Grant | None,
         client: str,
     ) -> Reply:
         self._host.hub.head_id(channel)  # raises HubFull before the socket changes hands
         transport, _ = conn.take_over()
-        EventStream(self._host, transport, client, expires_at).open(channel, last_id, cors)
+        if grant is None:
+            stream = EventStream(self._host, transport, client)
+        else:
+            expires_at = self._host.access.expires_at(grant)
+            stream = EventStream(self._host, transport, client, expires_at, grant.sub)
+        stream.open(channel, last_id, cors)
         return None
 
     def _poll(self, request: Request, conn: Exchange, channel: str) -> AnyReply:
         self._check_channel(channel)
         # Checked on every poll; a parked one is answered within its timeout, so it keeps
-        # nothing of its token.
-        self._host.access.subscriber_grant(request.headers, request.query, channel, time.time())
+        # nothing of its token but the user it names (for presence).
+        access = self._host.access
+        grant = access.subscriber_grant(request.headers, request.query, channel, time.time())
+        user = None if grant is None else grant.sub
         timeout_s = self._poll_timeout(request.query.get("timeout"))
         since = request.query.get("since") or None
         return self._when_attached(
-            channel, since, lambda: self._poll_now(request, conn, channel, since, timeout_s), None
+            channel,
+            since,
+            lambda: self._poll_now(request, conn, channel, since, timeout_s, user),
+            None,
         )
 
     def _poll_now(
@@ -210,6 +222,7 @@ class Router:
         channel: str,
         since: str | None,
         timeout_s: float,
+        user: str | None,
     ) -> Reply:
         ready = self._host.hub.poll(channel, since)
         cors = self._host.cors_for(request.headers)
@@ -217,7 +230,7 @@ class Router:
             return poll_response(cors, ready, request.keep_alive)
         transport, pending = conn.take_over()
         parked = ParkedPoll(
-            self._host, transport, channel, request.keep_alive, cors, request.client
+            self._host, transport, channel, request.keep_alive, cors, request.client, user
         )
         parked.park(pending, timeout_s)
         return None
@@ -271,6 +284,37 @@ class Router:
         if not 0 <= value <= config.poll_max_timeout_s:
             raise HttpError(400, f"timeout must be in 0..{config.poll_max_timeout_s} seconds")
         return value
+
+    def _presence(self, request: Request, conn: Exchange, channel: str) -> bytes:
+        """This node's subscribers of `channel` (rawrt.presence); the rules of subscribing."""
+        self._check_channel(channel)
+        self._host.access.subscriber_grant(request.headers, request.query, channel, time.time())
+        presence = self._host.hub.presence(channel, self._host.config.presence_max_users)
+        return self._json(request, presence.as_json(channel))
+
+    def _history(self, request: Request, conn: Exchange, channel: str) -> AnyReply:
+        """The messages the history holds after `since`, with ids and timestamps."""
+        self._check_channel(channel)
+        self._host.access.subscriber_grant(request.headers, request.query, channel, time.time())
+        limit = self._history_limit(request.query.get("limit"))
+        since = request.query.get("since") or None
+        return self._when_attached(
+            channel, since, lambda: self._history_now(request, channel, since, limit), None
+        )
+
+    def _history_now(self, request: Request, channel: str, since: str | None, limit: int) -> bytes:
+        messages, reset = self._host.hub.history(channel, since, limit)
+        body = history_body(channel, messages, self._host.hub.head_id(channel), reset)
+        cors = self._host.cors_for(request.headers)
+        return http.response(200, body, headers=cors, keep_alive=request.keep_alive)
+
+    def _history_limit(self, text: str | None) -> int:
+        most = self._host.config.history_max_limit
+        if text is None or text == "":
+            return most
+        if not text.isdigit() or not 1 <= int(text) <= most:
+            raise HttpError(400, f"limit must be a whole number in 1..{most}")
+        return int(text)
 
     def _healthz(self, request: Request, conn: Exchange, _: str) -> bytes:
         return self._json(request, {"status": "ok"})

@@ -29,6 +29,7 @@ CORE = sorted(
         PACKAGE / "tokens.py",
         PACKAGE / "netpolicy.py",
         PACKAGE / "drain.py",
+        PACKAGE / "presence.py",
     ]
     + [p for p in (PACKAGE / "wire").glob("*.py")]
 )
