@@ -153,6 +153,11 @@ class Config:
     presence_max_users: int = 1000
     # Messages one history answer may hold (`limit=`, and its default): a page, not the log.
     history_max_limit: int = 1000
+    # How log lines look: `text` for people, `json` (one object per line) for collectors.
+    log_format: str = "text"
+    # One line per answered request (method, path without its query, status, bytes,
+    # duration, client address); off by default, since a busy node answers many.
+    access_log: bool = False
 
     # --- scale-out ---------------------------------------------------------------------------
     # redis://host:port/db for the shared backplane; None keeps everything in this process.
@@ -270,6 +275,8 @@ def _problems(c: Config) -> list[str]:
             found.append(f"{name} must not be negative, not {getattr(c, name)!r}")
     if c.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         found.append(f"log_level must be debug, info, warning, error or critical: {c.log_level!r}")
+    if c.log_format not in ("text", "json"):
+        found.append(f"log_format must be text or json, not {c.log_format!r}")
     if c.echo_path is not None and not c.echo_path.startswith("/"):
         found.append("echo_path must start with '/'")
     found.extend(_network_problems(c))

@@ -155,7 +155,13 @@ class Server:
         self.draining = True
         cut = self._drain_cut = asyncio.Event()
         c = self.config
-        log.info("draining: not ready; closing connections over %.3g s", c.drain_s)
+        if c.drain_delay_s or c.drain_s:
+            log.info(
+                "draining: not ready; closing %d connections in %g s, spread over %g s",
+                len(self._connections),
+                c.drain_delay_s,
+                c.drain_s,
+            )
         await self._wait_unless_cut(c.drain_delay_s)
         if not cut.is_set() and c.drain_s > 0:
             self._listener.close()  # stop accepting: new clients go to other nodes
