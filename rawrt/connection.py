@@ -30,11 +30,11 @@ from typing import cast
 
 import h11
 
-from rawrt import logs
 from rawrt.config import Config
 from rawrt.edge import HttpHost, Reply, Request
 from rawrt.edge import RequestHeaders as Headers
 from rawrt.errors import HttpError
+from rawrt.logs import access as log_access
 from rawrt.wire import http
 
 __all__ = ["HttpConnection", "Reply", "Request"]
@@ -283,7 +283,7 @@ class HttpConnection(asyncio.Protocol):
         else:
             status, size = int(reply[9:12]), len(reply)
         duration = time.monotonic() - self._began
-        logs.access(request.method, request.target, status, size, duration, request.client)
+        log_access(request.method, request.target, status, size, duration, request.client)
 
     def send(self, reply: bytes, keep_alive: bool) -> None:
         """Write a complete response, then wait for the next request or close."""
@@ -332,11 +332,11 @@ class HttpConnection(asyncio.Protocol):
 
     def _log_refusal(self, status: int) -> None:
         if self._request is None:  # refused before its head was read: nothing to name
-            logs.access(b"-", b"-", status, 0, 0.0, self.client or self._peer)
+            log_access(b"-", b"-", status, 0, 0.0, self.client or self._peer)
             return
         event = self._request[0]
         duration = time.monotonic() - self._began
-        logs.access(event.method, event.target, status, 0, duration, self.client)
+        log_access(event.method, event.target, status, 0, duration, self.client)
 
     # --- timers ----------------------------------------------------------------------------
 
