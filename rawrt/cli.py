@@ -122,6 +122,8 @@ HELP = {
     "log_format": "how log lines look: text, or json (one object per line)",
     "access_log": "log one line per answered request: method, path without its query, "
     "status, bytes, duration, client address (true or false)",
+    "presence_ttl_s": "with Redis, seconds a node's reported presence counts last; it "
+    "reports every third of it, so a dead node's counts vanish within this",
     "drain_delay_s": "seconds /readyz answers 503 after SIGTERM before any connection closes",
     "drain_s": "seconds over which a drain closes the open connections, evenly (0 = all at "
     "once); a second SIGTERM or SIGINT cuts it short",

@@ -153,6 +153,9 @@ class Config:
     presence_max_users: int = 1000
     # Messages one history answer may hold (`limit=`, and its default): a page, not the log.
     history_max_limit: int = 1000
+    # With Redis, each node reports its presence counts every third of this many seconds and
+    # they count for this long: a node that died drops out of every answer within it.
+    presence_ttl_s: float = 15.0
     # How log lines look: `text` for people, `json` (one object per line) for collectors.
     log_format: str = "text"
     # One line per answered request (method, path without its query, status, bytes,
@@ -250,6 +253,7 @@ def _problems(c: Config) -> list[str]:
         "redis_max_pending_attaches",
         "presence_max_users",
         "history_max_limit",
+        "presence_ttl_s",
     )
     for name in positive:
         value = getattr(c, name)

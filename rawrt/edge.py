@@ -39,6 +39,7 @@ from rawrt.access import AccessPolicy
 from rawrt.config import Config
 from rawrt.hub import Hub
 from rawrt.netpolicy import TrustedProxies
+from rawrt.presence import Presence
 
 __all__ = [
     "AnyReply",
@@ -211,4 +212,8 @@ class RouterHost(SocketHost, StreamHost, PollHost, Protocol):
     @property
     def ready(self) -> bool:
         """Listening and not stopping (and, with a backplane, connected to it)."""
+        ...
+
+    def presence(self, channel: str) -> Presence | asyncio.Future[Presence]:
+        """Who is subscribed to `channel` on every node, or a future of it."""
         ...

@@ -455,6 +455,14 @@ class Hub:
         )
         return count_presence(ws, sse, len(ch.parked), users, max_users)
 
+    def presences(self, max_users: int) -> dict[str, Presence]:
+        """Every busy channel's presence here (what a node reports to the others)."""
+        return {
+            name: self.presence(name, max_users)
+            for name, ch in self._channels.items()
+            if not ch.idle
+        }
+
     def head_id(self, name: str) -> str:
         """Id of the newest message of `name`, after handing out any still pending."""
         ch = self.channel(name)

@@ -34,6 +34,7 @@ from rawrt.errors import (
     Unauthorized,
 )
 from rawrt.hub import PollAnswer
+from rawrt.presence import Presence
 from rawrt.tokens import Grant
 from rawrt.transports.longpoll import ParkedPoll, poll_response
 from rawrt.transports.sse import EventStream, stream_unavailable
@@ -285,11 +286,22 @@ class Router:
             raise HttpError(400, f"timeout must be in 0..{config.poll_max_timeout_s} seconds")
         return value
 
-    def _presence(self, request: Request, conn: Exchange, channel: str) -> bytes:
-        """This node's subscribers of `channel` (rawrt.presence); the rules of subscribing."""
+    def _presence(self, request: Request, conn: Exchange, channel: str) -> AnyReply:
+        """Who is subscribed to `channel` (rawrt.presence); the rules of subscribing."""
         self._check_channel(channel)
         self._host.access.subscriber_grant(request.headers, request.query, channel, time.time())
-        presence = self._host.hub.presence(channel, self._host.config.presence_max_users)
+        presence = self._host.presence(channel)
+        if isinstance(presence, Presence):
+            return self._json(request, presence.as_json(channel))
+        return self._presence_later(presence, request, channel)
+
+    async def _presence_later(
+        self, pending: asyncio.Future[Presence], request: Request, channel: str
+    ) -> bytes:
+        try:
+            presence = await pending
+        except BackplaneUnavailable as exc:
+            raise HttpError(503, str(exc)) from None
         return self._json(request, presence.as_json(channel))
 
     def _history(self, request: Request, conn: Exchange, channel: str) -> AnyReply:

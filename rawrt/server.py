@@ -43,6 +43,7 @@ import time
 
 from rawrt.access import AccessPolicy, open_warning
 from rawrt.backplane import backplane_for
+from rawrt.backplane.board import LocalBoard, PresenceBoard, board_for
 from rawrt.config import Config
 from rawrt.connection import HttpConnection
 from rawrt.drain import DrainPlan
@@ -50,6 +51,7 @@ from rawrt.edge import CorsHeaders, PingedSession, RequestHeaders, Session, Stre
 from rawrt.errors import ConfigError
 from rawrt.hub import Hub
 from rawrt.netpolicy import ConnectionsPerIp, TrustedProxies
+from rawrt.presence import Presence
 from rawrt.routes import Router
 from rawrt.tls import server_context
 from rawrt.wire import envelope
@@ -99,6 +101,7 @@ class Server:
         self._next_heartbeat = 0.0
         self._drained: asyncio.Event | None = None
         self.backplane = backplane_for(self.config)
+        self._board: PresenceBoard = LocalBoard()  # made in start(): it needs the run id
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -118,6 +121,8 @@ class Server:
         # Built once, here: an unreadable or mismatched file is a ConfigError before binding.
         tls = server_context(c.tls_cert, c.tls_key) if c.tls_cert else None
         await self.backplane.start(self.hub)
+        self._board = board_for(c, run_id)
+        await self._board.start()
         self._listener = await loop.create_server(
             lambda: HttpConnection(self),
             c.host,
@@ -217,6 +222,7 @@ class Server:
                 for conn in list(self._connections):
                     conn.abort()
         self._connections.clear()
+        await self._board.stop()
         await self.backplane.stop()
 
     async def __aenter__(self) -> Server:
@@ -267,6 +273,11 @@ class Server:
     def attach(self, channel: str, since: str | None = None) -> asyncio.Future[None] | None:
         """None when `channel` (up to `since`) is usable in the hub now, else a future."""
         return self.backplane.attach(channel, since)
+
+    def presence(self, channel: str) -> Presence | asyncio.Future[Presence]:
+        """Who is subscribed to `channel` on every node (rawrt.presence), or a future of it."""
+        local = self.hub.presence(channel, self.config.presence_max_users)
+        return self._board.presence(channel, local)
 
     # --- the registry of open connections --------------------------------------------------
 
@@ -358,6 +369,8 @@ class Server:
         if c.redis_url or c.redis_master:
             period = min(period, max(c.redis_linger_s, _MIN_SWEEP_S))
         delay = max(_MIN_SWEEP_S, period / _SWEEPS_PER_PERIOD)
+        if c.redis_url:  # the presence reports are due every third of their ttl
+            delay = min(delay, max(_MIN_SWEEP_S, c.presence_ttl_s / 3))
         if self._drain_plan is not None:
             delay = min(delay, _drain_tick_s(c.drain_s))
         assert self._loop is not None
@@ -384,7 +397,11 @@ class Server:
             for stream in tuple(self._streams.values()):
                 stream.check_expiry(wall_now)
         self.backplane.sweep(now)
+        self._board.report(now, self._presences)
         self._schedule_sweep()
+
+    def _presences(self) -> dict[str, Presence]:
+        return self.hub.presences(self.config.presence_max_users)
 
 
 def _drain_tick_s(drain_s: float) -> float:

@@ -75,6 +75,7 @@ async def test_presence_counts_each_transport_and_names_the_distinct_users(
         "subscribers": {"websocket": 2, "sse": 1, "poll": 1, "total": 4},
         "users": ["alice", "bob", "carol"],
         "users_truncated": False,
+        "nodes": 1,
     }
     await sse.close()
     after = await until_presence(port, "room:1", 3)
