@@ -8,10 +8,12 @@ import asyncio
 import contextlib
 import json
 import signal
+from pathlib import Path
 from typing import Any
 
 import pytest
 from support.clients import HOST, request, ws_connect, ws_recv, ws_subscribe
+from support.redis_server import RedisServer
 from websockets.asyncio.client import ClientConnection
 
 import rawrt
@@ -157,3 +159,35 @@ async def test_drain_keeps_serving_through_its_delay(server: rawrt.Server, stack
     server.cut_drain()
     await asyncio.wait_for(draining, 5)
     assert server.stopping
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_workers_drain_and_a_second_sigterm_to_the_supervisor_cuts_it(
+    spawn_rawrt: Any, stack: Stack, tmp_path: Path
+) -> None:
+    redis_server = RedisServer(tmp_path / "redis")
+    redis_server.start()
+    try:
+        supervisor = spawn_rawrt(
+            "--port", "0", "--workers", "2", "--redis", redis_server.url,
+            "--drain-delay-s", "60", "--drain-s", "60",
+        )  # fmt: skip
+        port = supervisor.port
+        await _until(lambda: _is_200(port), 10)  # a worker has reached Redis
+        ws = await stack.enter_async_context(ws_connect(port))
+        await ws_subscribe(ws, "workers")
+        supervisor.proc.send_signal(signal.SIGTERM)
+        await _until(lambda: _is_503(port), 5)  # the signal reached the workers
+        assert ws.close_code is None
+        supervisor.proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(5):
+            await ws.wait_closed()
+        assert ws.close_code == 1001
+        await asyncio.to_thread(supervisor.proc.wait, 10)
+        assert await supervisor.stopped() == 0
+    finally:
+        redis_server.stop()
+
+
+async def _is_200(port: int) -> bool:
+    return await _readyz(port) == 200
