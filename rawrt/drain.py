@@ -1,4 +1,4 @@
-"""A drain's schedule: which open connections to close by when, spread evenly over a window.
+"""A drain's pace: how many open connections to close at each tick, spread evenly over a window.
 
 Theory of operation
 -------------------
@@ -7,62 +7,47 @@ all reconnect at once: a storm the other nodes must absorb in the same second. S
 `drain_s`, the same clients arrive at a steady rate instead (Centrifugo bounds how many it
 disconnects at once; Mercure spreads them with its write timeout).
 
-The plan is made once, when the drain begins, from the connections open at that moment, in
-the order given. Connection `i` of `n` is due at `start + window_s * i / n`: the first at
-once, the last one share of the window before its end, so every tenth of the window holds a
-tenth of the closes. The server's sweep asks `due(now)` on each tick and says goodbye to
-what it gets; no timer per connection. A connection that went away by itself meanwhile is
-still handed out (the caller skips it), which keeps the rate of the others unchanged.
+The pace is a rate, not a list made when the drain begins: at each tick of the server's
+sweep, of the connections open now, the share that the time since the last tick is of the
+time left is due (`quota(now, open_count)`), and the caller closes that many, oldest first.
+With nothing arriving, that is the same number at every tick: N times the tick over the
+window. A connection that appears during the drain (a long poll answered and parked again on
+its kept-alive socket, which is a new session) is simply part of what is open at the next
+tick, so it too goes within the window rather than all together at its end. Fractions carry
+over from tick to tick, so a window of many ticks and few connections still closes them one
+by one, evenly; at the window's end whatever is left is due.
 
-Plain synchronous code: the caller passes `now` in, as it does to the hub.
+No timer per connection. Plain synchronous code: the caller passes `now` in.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Generic, TypeVar
+import math
 
-__all__ = ["DrainPlan"]
-
-T = TypeVar("T")
+__all__ = ["DrainPace"]
 
 
-class DrainPlan(Generic[T]):
-    """Hands out `items` over `window_s` seconds from `start`, evenly."""
+class DrainPace:
+    """How many of the open connections to close at each tick of a drain."""
 
-    __slots__ = ("_items", "_next", "_start", "_window_s")
+    __slots__ = ("_carry", "_end", "_last")
 
-    def __init__(self, items: Sequence[T], start: float, window_s: float) -> None:
-        self._items = list(items)
-        self._next = 0  # index of the first item not handed out yet
-        self._start = start
-        self._window_s = window_s
+    def __init__(self, start: float, window_s: float) -> None:
+        self._last = start  # the time of the last tick (the window's start at first)
+        self._end = start + window_s
+        self._carry = 0.0  # the fraction of a connection due but not closed yet
 
-    @property
-    def done(self) -> bool:
-        return self._next >= len(self._items)
+    def over(self, now: float) -> bool:
+        return now >= self._end
 
-    @property
-    def remaining(self) -> int:
-        return len(self._items) - self._next
-
-    def due(self, now: float) -> list[T]:
-        """The items whose time has come and that were not handed out before."""
-        n = len(self._items)
-        if self._window_s <= 0 or now >= self._start + self._window_s:
-            upto = n
-        else:
-            elapsed = max(0.0, now - self._start)
-            # Item i is due once elapsed >= window * i / n: items 0 .. floor(n*elapsed/w).
-            upto = min(n, int(n * elapsed / self._window_s) + 1)
-        if upto <= self._next:
-            return []
-        batch = self._items[self._next : upto]
-        self._next = upto
-        return batch
-
-    def next_due(self) -> float | None:
-        """When the next item falls due (None when all were handed out)."""
-        if self.done:
-            return None
-        return self._start + self._window_s * self._next / len(self._items)
+    def quota(self, now: float, open_count: int) -> int:
+        """How many of `open_count` connections to close now."""
+        if now >= self._end:
+            return open_count
+        if now <= self._last:
+            return 0
+        self._carry += open_count * (now - self._last) / (self._end - self._last)
+        self._last = now
+        due = min(open_count, math.floor(self._carry))
+        self._carry -= due
+        return due

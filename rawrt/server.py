@@ -27,16 +27,17 @@ is a trusted proxy (`reclaim`), and carried over, uncounted-then-recounted in on
 transport takes its socket over (`forget`, then `register`).
 
 `drain()` is what SIGTERM does: not ready at once, then, after `drain_delay_s`, no more
-accepting, and the connections open at that moment closed a slice per sweep tick, spread
-evenly over `drain_s` (rawrt.drain), each slice after a hub flush, so that a client's last
-messages are written before its goodbye. The sweep ticks about a hundred times per window
-while a drain runs; there is no timer per connection.
+accepting, and the open connections closed a slice per sweep tick, oldest first, at a pace
+that spreads them evenly over `drain_s` (rawrt.drain), each slice after a hub flush, so that
+a client's last messages are written before its goodbye. The sweep ticks about a hundred
+times per window while a drain runs; there is no timer per connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import secrets
 import time
@@ -46,7 +47,7 @@ from rawrt.backplane import backplane_for
 from rawrt.backplane.board import LocalBoard, PresenceBoard, board_for
 from rawrt.config import Config
 from rawrt.connection import HttpConnection
-from rawrt.drain import DrainPlan
+from rawrt.drain import DrainPace
 from rawrt.edge import CorsHeaders, PingedSession, RequestHeaders, Session, StreamSession
 from rawrt.errors import ConfigError
 from rawrt.hub import Hub
@@ -81,8 +82,9 @@ class Server:
         self.stopping = False
         # Set by drain(): /readyz says 503 from then on, while the connections are still served.
         self.draining = False
-        self._drain_plan: DrainPlan[Session] | None = None
-        self._drain_cut: asyncio.Event | None = None
+        self._drain_pace: DrainPace | None = None
+        self._drain_told: set[Session] = set()  # said goodbye to, during a drain, not gone yet
+        self._drain_over: asyncio.Event | None = None  # the window has passed, or was cut
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: asyncio.Server | None = None
         self._port: int | None = None  # kept after stop(): the listener's sockets are gone
@@ -158,7 +160,7 @@ class Server:
         if self._listener is None or self.stopping or self.draining:
             return
         self.draining = True
-        cut = self._drain_cut = asyncio.Event()
+        over = self._drain_over = asyncio.Event()
         c = self.config
         if c.drain_delay_s or c.drain_s:
             log.info(
@@ -167,38 +169,42 @@ class Server:
                 c.drain_delay_s,
                 c.drain_s,
             )
-        await self._wait_unless_cut(c.drain_delay_s)
-        if not cut.is_set() and c.drain_s > 0:
+        await self._wait_unless_over(c.drain_delay_s)
+        if not over.is_set() and c.drain_s > 0:
             self._listener.close()  # stop accepting: new clients go to other nodes
-            self._drain_plan = DrainPlan(list(self._connections), self.clock(), c.drain_s)
+            self._drain_pace = DrainPace(self.clock(), c.drain_s)
             self._restart_sweep()  # ticks often enough to spread the closes from now
-            await self._wait_unless_cut(c.drain_s + 2 * _drain_tick_s(c.drain_s))
-        self._drain_plan = None
+            await self._wait_unless_over(c.drain_s + 2 * _drain_tick_s(c.drain_s))
+        self._drain_pace = None
+        self._drain_told.clear()
         await self.stop()
 
     def cut_drain(self) -> None:
         """Stop waiting: the drain goes straight to stop() (a second SIGTERM or SIGINT)."""
-        if self._drain_cut is not None:
-            self._drain_cut.set()
+        if self._drain_over is not None:
+            self._drain_over.set()
 
-    async def _wait_unless_cut(self, seconds: float) -> None:
-        assert self._drain_cut is not None
-        if seconds > 0 and not self._drain_cut.is_set():
+    async def _wait_unless_over(self, seconds: float) -> None:
+        assert self._drain_over is not None
+        if seconds > 0 and not self._drain_over.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._drain_cut.wait(), seconds)
+                await asyncio.wait_for(self._drain_over.wait(), seconds)
 
     def _close_due(self, now: float) -> None:
-        """The sweep's part of a drain: say goodbye to the connections now due."""
-        plan = self._drain_plan
-        if plan is None:
+        """The sweep's part of a drain: say goodbye to the oldest connections now due."""
+        pace, told = self._drain_pace, self._drain_told
+        if pace is None:
             return
-        due = [conn for conn in plan.due(now) if conn in self._connections]
+        due = pace.quota(now, len(self._connections) - len(told))
         if due:
+            waiting = (conn for conn in self._connections if conn not in told)
+            batch = list(itertools.islice(waiting, due))
+            told.update(batch)
             self.hub.flush()  # what was published before a close reaches its client first
-            for conn in due:
+            for conn in batch:
                 conn.shutdown()
-        if plan.done and self._drain_cut is not None:
-            self._drain_cut.set()
+        if pace.over(now) and self._drain_over is not None:
+            self._drain_over.set()
 
     async def stop(self) -> None:
         """Stop accepting, say goodbye to every connection, and wait for them (bounded)."""
@@ -333,6 +339,8 @@ class Server:
         self._uncount(self._connections.pop(conn, ""))
         self._sockets.pop(conn, None)
         self._streams.pop(conn, None)
+        if self._drain_told:
+            self._drain_told.discard(conn)
         if self._drained is not None and not self._connections:
             self._drained.set()
 
@@ -371,7 +379,7 @@ class Server:
         delay = max(_MIN_SWEEP_S, period / _SWEEPS_PER_PERIOD)
         if c.redis_url:  # the presence reports are due every third of their ttl
             delay = min(delay, max(_MIN_SWEEP_S, c.presence_ttl_s / 3))
-        if self._drain_plan is not None:
+        if self._drain_pace is not None:
             delay = min(delay, _drain_tick_s(c.drain_s))
         assert self._loop is not None
         self._sweep_handle = self._loop.call_later(delay, self._sweep)

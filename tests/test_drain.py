@@ -1,32 +1,46 @@
-"""The drain's schedule (rawrt.drain), without a loop or a socket."""
+"""The drain's pace (rawrt.drain), without a loop or a socket."""
 
 from __future__ import annotations
 
-import pytest
+import itertools
 
-from rawrt.drain import DrainPlan
-
-
-def test_plan_hands_out_the_first_at_once_and_the_rest_evenly() -> None:
-    plan = DrainPlan(list(range(10)), start=100.0, window_s=10.0)
-    assert plan.due(100.0) == [0]
-    assert plan.due(100.5) == []
-    assert plan.due(104.0) == [1, 2, 3, 4]
-    assert plan.next_due() == pytest.approx(105.0)
-    assert plan.due(109.0) == [5, 6, 7, 8, 9]
-    assert plan.done and plan.next_due() is None
-    assert plan.due(200.0) == []
+from rawrt.drain import DrainPace
 
 
-def test_plan_gives_each_tenth_of_the_window_a_tenth_of_the_items() -> None:
-    plan = DrainPlan(list(range(1000)), start=0.0, window_s=1.0)
-    per_tenth = [len(plan.due(0.1 * k + 0.0999)) for k in range(10)]
-    assert per_tenth == [100] * 10
+def _drain(pace: DrainPace, open_count: int, ticks: list[float]) -> list[int]:
+    """Close what the pace says at each tick; returns how many went at each."""
+    closed = []
+    for now in ticks:
+        due = pace.quota(now, open_count)
+        open_count -= due
+        closed.append(due)
+    return closed
 
 
-def test_plan_after_its_window_or_without_one_hands_out_everything() -> None:
-    assert DrainPlan([1, 2, 3], start=0.0, window_s=0.0).due(0.0) == [1, 2, 3]
-    late = DrainPlan([1, 2, 3], start=0.0, window_s=5.0)
-    assert late.due(-1.0) == [1]  # a clock read just before the start still closes the first
-    assert late.due(7.0) == [2, 3]
-    assert DrainPlan([], start=0.0, window_s=5.0).due(1.0) == []
+def test_a_fixed_set_closes_evenly_tick_after_tick() -> None:
+    ticks = [0.1 * k for k in range(1, 11)]
+    assert _drain(DrainPace(start=0.0, window_s=1.0), 1000, ticks) == [100] * 10
+
+
+def test_fractions_carry_over_so_few_connections_still_spread() -> None:
+    closed = _drain(DrainPace(start=0.0, window_s=10.0), 3, [0.5 * k for k in range(1, 21)])
+    assert sum(closed) == 3 and max(closed) == 1
+    moments = [0.5 * (k + 1) for k, n in enumerate(closed) if n]
+    assert moments[0] >= 2.5 and moments[-1] >= 8.5  # one in each third of the window
+    assert all(b - a >= 2.5 for a, b in itertools.pairwise(moments))
+
+
+def test_arrivals_during_the_window_go_within_it() -> None:
+    pace = DrainPace(start=0.0, window_s=1.0)
+    first = pace.quota(0.5, 100)
+    assert first == 50
+    assert pace.quota(0.75, 50 + 50) == 50  # 50 new: half of what is open is due now
+    assert pace.quota(1.0, 50) == 50 and pace.over(1.0)
+
+
+def test_at_or_past_the_end_everything_is_due_and_never_before_the_start() -> None:
+    pace = DrainPace(start=5.0, window_s=2.0)
+    assert pace.quota(4.0, 10) == 0 and pace.quota(5.0, 10) == 0
+    assert not pace.over(6.9)
+    assert pace.quota(9.0, 10) == 10
+    assert DrainPace(start=0.0, window_s=0.0).quota(0.0, 7) == 7

@@ -173,6 +173,7 @@ async def test_workers_drain_and_a_second_sigterm_to_the_supervisor_cuts_it(
             "--drain-delay-s", "60", "--drain-s", "60",
         )  # fmt: skip
         port = supervisor.port
+        await _until(lambda: _both_listening(supervisor), 15)  # a signal before would kill one
         await _until(lambda: _is_200(port), 10)  # a worker has reached Redis
         ws = await stack.enter_async_context(ws_connect(port))
         await ws_subscribe(ws, "workers")
@@ -191,3 +192,7 @@ async def test_workers_drain_and_a_second_sigterm_to_the_supervisor_cuts_it(
 
 async def _is_200(port: int) -> bool:
     return await _readyz(port) == 200
+
+
+async def _both_listening(supervisor: Any) -> bool:
+    return sum("listening on" in line for line in supervisor.lines) == 2
