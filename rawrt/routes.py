@@ -11,9 +11,10 @@ This is the one module that names the transports: it starts each of them on the 
 handler takes over, and hands it the same host it was given (a `RouterHost`, rawrt.edge).
 
 It is also where access is decided (rawrt.access), once per request: the publish routes ask
-for the publish key or a token, the subscribe routes for a token that covers the channel, an
-upgrade for an allowed Origin; a WebSocket decides its own subscribes and publishes with the
-grant it is handed here. Every answer carries the CORS headers of its request.
+for the publish key or a token, the subscribe routes (and the read-only presence and history
+routes) for a token that covers the channel, an upgrade for an allowed Origin; a WebSocket
+decides its own subscribes and publishes with the grant it is handed here. Every answer
+carries the CORS headers of its request.
 """
 
 from __future__ import annotations

@@ -127,3 +127,21 @@ async def test_a_stopped_node_leaves_at_once_and_redis_down_is_503(
     redis_server.stop()
     down = await request(a.port, "GET", "/api/presence/room", headers=bearer("ops"))
     assert down.status == 503 and "presence unavailable" in json.loads(down.body)["error"]
+
+
+async def test_history_of_another_node_comes_from_the_shared_history(
+    redis_server: RedisServer, start_server: Any
+) -> None:
+    a = await start_server(redis_url=redis_server.url, history_size=3)
+    b = await start_server(redis_url=redis_server.url, history_size=3)
+    await ready(a)
+    await ready(b)
+    ids = [await a.publish("shared", n) for n in range(5)]  # b holds nothing of it yet
+    response = await request(b.port, "GET", f"/api/history/shared?since={ids[2]}")
+    assert response.status == 200, response.body
+    answer = json.loads(response.body)
+    assert [m["id"] for m in answer["messages"]] == ids[3:]
+    assert [m["data"] for m in answer["messages"]] == [3, 4]
+    assert answer["head"] == ids[4] and answer["reset"] is False
+    gone = json.loads((await request(b.port, "GET", f"/api/history/shared?since={ids[0]}")).body)
+    assert gone["reset"] is True and [m["id"] for m in gone["messages"]] == ids[2:]
