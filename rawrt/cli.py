@@ -179,7 +179,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     for field in dataclasses.fields(Config):
         flags = [ALIASES[field.name]] if field.name in ALIASES else []
-        flags.append("--" + field.name.replace("_", "-"))
+        if "--" + field.name.replace("_", "-") not in flags:  # an alias may be the long form
+            flags.append("--" + field.name.replace("_", "-"))
         if field.name in FORMER:
             flags.append("--" + FORMER[field.name].replace("_", "-"))
         if _is_switch(field):

@@ -377,7 +377,7 @@ class Server:
         if c.redis_url or c.redis_master:
             period = min(period, max(c.redis_linger_s, _MIN_SWEEP_S))
         delay = max(_MIN_SWEEP_S, period / _SWEEPS_PER_PERIOD)
-        if c.redis_url:  # the presence reports are due every third of their ttl
+        if c.redis_url or c.redis_master:  # presence reports: every third of their ttl
             delay = min(delay, max(_MIN_SWEEP_S, c.presence_ttl_s / 3))
         if self._drain_pace is not None:
             delay = min(delay, _drain_tick_s(c.drain_s))

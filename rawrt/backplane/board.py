@@ -60,7 +60,7 @@ class LocalBoard:
 
 
 def board_for(config: Config, node_id: str) -> PresenceBoard:
-    if not config.redis_url:
+    if not (config.redis_url or config.redis_master):
         return LocalBoard()
     from rawrt.backplane.redis_presence import RedisBoard
 

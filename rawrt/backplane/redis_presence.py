@@ -17,7 +17,9 @@ An answer (READ) first drops the reports whose time has passed, then returns the
 this node's own, possibly older, is replaced by its fresh counts. A node that dies stops
 reporting: its counts vanish from every answer within `presence_ttl_s`, and both keys expire
 once no node reports the channel. Expiry is judged on the Redis clock alone, so the nodes'
-clocks need not agree. A node id is the server's run id, new at every start.
+clocks need not agree. A node id is the server's run id, new at every start. The board
+keeps clients of its own (rawrt.backplane.redis_calls.client_for: a URL or a Sentinel
+master, followed through failovers), so presence never queues behind publishes.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from rawrt.backplane.board import Reports
+from rawrt.backplane.redis_calls import client_for
 from rawrt.backplane.sharded import pick_shard
 from rawrt.config import Config, redis_address, redis_urls
 from rawrt.errors import BackplaneUnavailable
@@ -56,8 +59,6 @@ _READ = (
     "if #dead > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) end "
     "return redis.call('HGETALL', KEYS[1])"
 )
-# Connections per Redis: a report and a few answers at once.
-_CONNECTIONS = 4
 
 
 class RedisBoard:
@@ -67,14 +68,15 @@ class RedisBoard:
         self._config = config
         self._node = node_id
         self._ttl_ms = max(1, int(config.presence_ttl_s * 1000))
+        # One client per shard, under the id the backplane gives it (its address, or its
+        # Sentinel master's name), so a channel's presence sits beside its messages.
         self._clients: dict[str, aioredis.Redis] = {}
-        for url in redis_urls(config.redis_url or ""):
-            self._clients[redis_address(url)] = aioredis.Redis.from_url(
-                url,
-                socket_timeout=config.redis_timeout_s,
-                socket_connect_timeout=config.redis_timeout_s,
-                max_connections=_CONNECTIONS,
-            )
+        if config.redis_url:
+            for url in redis_urls(config.redis_url):
+                self._clients[redis_address(url)] = client_for(config, url, None)[0]
+        else:
+            for name in (config.redis_master or "").split(","):
+                self._clients[name.strip()] = client_for(config, None, name.strip())[0]
         self._scripts = {
             shard: (c.register_script(_REPORT), c.register_script(_LEAVE), c.register_script(_READ))
             for shard, c in self._clients.items()
