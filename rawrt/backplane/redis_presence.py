@@ -19,7 +19,8 @@ reporting: its counts vanish from every answer within `presence_ttl_s`, and both
 once no node reports the channel. Expiry is judged on the Redis clock alone, so the nodes'
 clocks need not agree. A node id is the server's run id, new at every start. The board
 keeps clients of its own (rawrt.backplane.redis_calls.client_for: a URL or a Sentinel
-master, followed through failovers), so presence never queues behind publishes.
+master, followed through failovers), at most two connections per Redis on top of the
+backplane's `redis_max_connections`, so presence never queues behind publishes.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import logging
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import RedisError
 
 from rawrt.backplane.board import Reports
@@ -42,6 +44,11 @@ from rawrt.presence import Presence, merge
 __all__ = ["RedisBoard"]
 
 log = logging.getLogger("rawrt")
+
+# Connections the board holds per Redis, apart from the backplane's redis_max_connections
+# (Redis lists them as `{prefix}-presence`): a report and an answer may be in flight at once;
+# more answers wait their turn.
+_CONNECTIONS = 2
 
 _NOW_MS = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000) "
 # KEYS: hash, zset. ARGV: node, report, ttl in ms.
@@ -61,6 +68,18 @@ _READ = (
 )
 
 
+def _client(
+    config: Config, url: str | None, master: str | None
+) -> tuple[aioredis.Redis, Sentinel | None]:
+    """A client like the backplane's (client_for: timeouts, no retry, Sentinel), with a pool
+    of its own size and name, and the Sentinel that finds its primary (None for a URL)."""
+    client, sentinel = client_for(config, url, master)
+    pool = client.connection_pool
+    pool.max_connections = _CONNECTIONS
+    pool.connection_kwargs["client_name"] = f"{config.redis_prefix}-presence"
+    return client, sentinel
+
+
 class RedisBoard:
     """The presence board of a node with one Redis or several (shards)."""
 
@@ -70,13 +89,18 @@ class RedisBoard:
         self._ttl_ms = max(1, int(config.presence_ttl_s * 1000))
         # One client per shard, under the id the backplane gives it (its address, or its
         # Sentinel master's name), so a channel's presence sits beside its messages.
-        self._clients: dict[str, aioredis.Redis] = {}
+        made: dict[str, tuple[aioredis.Redis, Sentinel | None]] = {}
         if config.redis_url:
             for url in redis_urls(config.redis_url):
-                self._clients[redis_address(url)] = client_for(config, url, None)[0]
+                made[redis_address(url)] = _client(config, url, None)
         else:
             for name in (config.redis_master or "").split(","):
-                self._clients[name.strip()] = client_for(config, None, name.strip())[0]
+                made[name.strip()] = _client(config, None, name.strip())
+        self._clients = {shard: client for shard, (client, _) in made.items()}
+        self._sentinels = [sentinel for _, sentinel in made.values() if sentinel is not None]
+        # Each call holds a pooled connection while in flight: never more calls than the pool
+        # holds (a pool asked for one more refuses rather than waits).
+        self._slots = asyncio.Semaphore(_CONNECTIONS)
         self._scripts = {
             shard: (c.register_script(_REPORT), c.register_script(_LEAVE), c.register_script(_READ))
             for shard, c in self._clients.items()
@@ -98,7 +122,10 @@ class RedisBoard:
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             await asyncio.wait_for(self._send({}), self._config.redis_timeout_s)
         for client in self._clients.values():
-            await client.aclose()
+            await client.aclose(close_connection_pool=True)  # also a Sentinel master's pool
+        for sentinel in self._sentinels:
+            with contextlib.suppress(RedisError, OSError):
+                await sentinel.aclose()
 
     def _keys(self, channel: str) -> list[str]:
         key = f"{self._config.redis_prefix}:presence:{{{channel}}}"
@@ -122,7 +149,8 @@ class RedisBoard:
             log.warning("could not report presence to Redis: %s", task.exception())
 
     async def _report(self, presences: dict[str, Presence]) -> None:
-        await asyncio.wait_for(self._send(presences), self._config.redis_timeout_s)
+        async with self._slots:
+            await asyncio.wait_for(self._send(presences), self._config.redis_timeout_s)
 
     async def _send(self, presences: dict[str, Presence]) -> None:
         """One pipeline per Redis: a REPORT per busy channel, a LEAVE per one gone quiet."""
@@ -150,9 +178,8 @@ class RedisBoard:
         shard = self._shard(channel)
         read = self._scripts[shard][2]
         try:
-            flat: list[Any] = await asyncio.wait_for(
-                read(keys=self._keys(channel)), self._config.redis_timeout_s
-            )
+            async with asyncio.timeout(self._config.redis_timeout_s), self._slots:
+                flat: list[Any] = await read(keys=self._keys(channel))
         except (RedisError, OSError, TimeoutError) as exc:
             raise BackplaneUnavailable(f"presence unavailable: {exc or 'timed out'}") from None
         others = []
