@@ -154,7 +154,8 @@ class Config:
     # Messages one history answer may hold (`limit=`, and its default): a page, not the log.
     history_max_limit: int = 1000
     # With Redis, each node reports its presence counts every third of this many seconds and
-    # they count for this long: a node that died drops out of every answer within it.
+    # they count for this long: a node that died drops out of every answer within it. (The
+    # reports and answers use two connections per Redis, beside redis_max_connections.)
     presence_ttl_s: float = 15.0
     # How log lines look: `text` for people, `json` (one object per line) for collectors.
     log_format: str = "text"
