@@ -122,6 +122,8 @@ class Metrics:
         self._registry = None if self._dir else CollectorRegistry(auto_describe=True)
         self._last: dict[object, float] = {}  # counter child -> the value it was last given
         self._define()
+        redis = source.config.redis_url or source.config.redis_master
+        self._redis = self._define_redis() if redis else None
         self._build.labels(__version__, platform.python_version()).set(1)
         self._hook_backplane(source.backplane)
         source.counts.observe_publish = self._observe_publish
@@ -154,16 +156,21 @@ class Metrics:
         self._pauses = c("rawrt_slow_subscriber_pauses_total", PAUSES_DOC)
         self._refused = c("rawrt_refusals_total", REFUSALS_DOC, ("transport", "code"))
         self._latency = h("rawrt_publish_latency_seconds", LATENCY_DOC, ("route",))
-        self._redis_rtt = h("rawrt_redis_round_trip_seconds", REDIS_RTT_DOC, ())
-        self._redis_up = g("rawrt_redis_up", "1 while connected to Redis (every worker)", (),
-                           "livemin")  # fmt: skip
-        self._pubsub_lag = g("rawrt_redis_pubsub_lag_seconds", PUBSUB_LAG_DOC, (), "livemax")
         self._latency_children = {route: self._latency.labels(route) for route in ROUTES}
+
+    def _define_redis(self) -> tuple[Histogram, Gauge, Gauge]:
+        """The Redis figures, which exist only with a Redis backplane."""
+        g = self._gauge
+        return (
+            self._histogram("rawrt_redis_round_trip_seconds", REDIS_RTT_DOC, ()),
+            g("rawrt_redis_up", "1 while connected to Redis (every worker)", (), "livemin"),
+            g("rawrt_redis_pubsub_lag_seconds", PUBSUB_LAG_DOC, (), "livemax"),
+        )
 
     def _hook_backplane(self, backplane: Backplane) -> None:
         # A Redis backplane offers a hook for each round trip (rawrt.backplane.redis).
-        if hasattr(backplane, "on_round_trip"):
-            backplane.on_round_trip = self._redis_rtt.observe
+        if self._redis is not None and hasattr(backplane, "on_round_trip"):
+            backplane.on_round_trip = self._redis[0].observe
 
     def _observe_publish(self, route: str, seconds: float) -> None:
         self._latency_children[route].observe(seconds)
@@ -187,11 +194,12 @@ class Metrics:
         self._history.set(hub.total_bytes)
         self._loop_lag.set(source.loop_lag_s)
         self._sync_counters(hub, source.counts)
-        if source.config.redis_url or source.config.redis_master:
-            self._redis_up.set(1 if source.backplane.ready else 0)
+        if self._redis is not None:
+            _, up, pubsub_lag = self._redis
+            up.set(1 if source.backplane.ready else 0)
             lag = getattr(source.backplane, "pubsub_lag_s", None)
             if isinstance(lag, float):
-                self._pubsub_lag.set(lag)
+                pubsub_lag.set(lag)
 
     def _sync_counters(self, hub: Hub, counts: Counts) -> None:
         add = self._add
