@@ -223,3 +223,25 @@ async def test_a_metrics_listener_of_its_own_serves_metrics_only(server: rawrt.S
 @pytest.mark.parametrize("server", [{"metrics": False}], indirect=True)
 async def test_metrics_can_be_turned_off(server: rawrt.Server) -> None:
     assert (await request(server.port, "GET", "/metrics")).status == 404
+
+
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        ({"metrics_port": 9100}, "metrics_port needs metrics_host"),
+        ({"metrics_host": "127.0.0.1", "metrics_port": 70000}, "metrics_port must be in"),
+        ({"metrics_key": "short"}, "metrics_key must be at least 16"),
+        ({"metrics_key": "k" * 16, "publish_key": "k" * 16}, "must differ from every publish"),
+        (
+            {"metrics_host": "127.0.0.1", "workers": 2, "redis_url": "redis://127.0.0.1/0"},
+            "needs a metrics_port all workers share",
+        ),
+    ],
+)
+def test_metrics_options_are_checked(fields: dict[str, Any], problem: str) -> None:
+    with pytest.raises(rawrt.ConfigError, match=problem):
+        rawrt.Config(**fields)
+
+
+def test_the_metrics_key_stays_out_of_repr() -> None:
+    assert METRICS_KEY not in repr(rawrt.Config(metrics_key=METRICS_KEY))
