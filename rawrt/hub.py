@@ -26,9 +26,10 @@ The hub never touches a socket, a clock or the event loop: writes go through the
 subscribers hand in, time comes in as arguments, and flushing is scheduled by the caller.
 
 What it has done is counted in plain int attributes (`delivered`, `delivered_bytes`,
-`resets`, `pauses`) that rawrt.metrics reads at scrape time. They are bumped once per channel
-and transport kind per flush (the fan-out loop already knows how many it wrote to), never
-per subscriber write, so counting costs the hot path nothing it can measure.
+`resets`, `pauses`, and `subscriptions` now) that rawrt.metrics reads at scrape time. The
+fan-out counts are bumped once per channel and transport kind per flush (the loop already
+knows how many it wrote to), never per subscriber write, so counting costs the hot path
+nothing it can measure; the subscriptions once per subscribe, park and their ends.
 """
 
 from __future__ import annotations
@@ -104,6 +105,9 @@ class Hub:
         self.delivered_bytes = [0, 0]
         self.resets = {BEHIND: 0, EPOCH: 0}
         self.pauses = 0  # a live subscriber's socket pushed back
+        # Subscriptions now, by Kind and then POLL (parked polls): kept on every subscribe and
+        # park rather than walked over every channel at each scrape.
+        self.subscriptions = [0, 0, 0]
 
     # --- channels --------------------------------------------------------------------------
 
@@ -284,6 +288,7 @@ class Hub:
             sub.cursor = _NEW_EPOCH  # no log holds it: the resume writes a reset
         if ch.parked:
             self.resets[EPOCH] += len(ch.parked)
+            self.subscriptions[POLL] -= len(ch.parked)
             parked, ch.parked = ch.parked, {}
             answer = PollAnswer([], ch.id_of(ch.flushed), reset=True)
             for waiter in parked:
@@ -316,6 +321,7 @@ class Hub:
                     write(batch)
         if ch.parked:
             self.delivered[POLL] += len(new) * len(ch.parked)
+            self.subscriptions[POLL] -= len(ch.parked)
             parked, ch.parked = ch.parked, {}
             answer = PollAnswer(new, ch.id_of(ch.flushed))
             for waiter in parked:
@@ -349,6 +355,7 @@ class Hub:
         self._flush_now(ch)
         sub = Subscription(ch, kind, write)
         ch.subscribers += 1
+        self.subscriptions[kind] += 1
         self._became_busy(ch)
         sub.cursor = ch.flushed
         if since is not None:
@@ -370,6 +377,7 @@ class Hub:
         sub.gone = True
         ch.paused.pop(sub, None)
         ch.subscribers -= 1
+        self.subscriptions[sub.kind] -= 1
         self._maybe_idle(ch)
 
     def pause(self, sub: Subscription) -> None:
@@ -445,6 +453,8 @@ class Hub:
     def park(self, name: str, waiter: Waiter) -> None:
         """Wake `waiter` at the next flush of `name` (after `poll` returned a seq)."""
         ch = self.channel(name)
+        if waiter not in ch.parked:
+            self.subscriptions[POLL] += 1
         ch.parked[waiter] = None
         self._became_busy(ch)
 
@@ -453,7 +463,9 @@ class Hub:
         ch = self._channels.get(name)
         if ch is None:
             return ""
-        ch.parked.pop(waiter, None)
+        if waiter in ch.parked:
+            del ch.parked[waiter]
+            self.subscriptions[POLL] -= 1
         self._maybe_idle(ch)
         return ch.id_of(ch.flushed)
 
@@ -466,18 +478,6 @@ class Hub:
     @property
     def channel_count(self) -> int:
         return len(self._channels)
-
-    def census(self) -> tuple[int, int, int]:
-        """Subscriptions now: WebSocket, SSE, parked long polls (a walk over the channels,
-        made once per scrape rather than kept up to date on every subscribe)."""
-        counts = [0, 0, 0]
-        for ch in self._channels.values():
-            counts[Kind.WS] += len(ch.live[Kind.WS])
-            counts[Kind.SSE] += len(ch.live[Kind.SSE])
-            for sub in ch.paused:
-                counts[sub.kind] += 1
-            counts[POLL] += len(ch.parked)
-        return counts[0], counts[1], counts[2]
 
     def head_id(self, name: str) -> str:
         """Id of the newest message of `name`, after handing out any still pending."""

@@ -72,21 +72,21 @@ _LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025
 _TRANSPORTS = ("websocket", "sse", "longpoll")
 
 # What each metric means, as its HELP line says it.
-BUILD_DOC = "rawrt's version and Python's (the value is 1)"
-CONNECTIONS_DOC = "Open connections, by transport (http: plain requests and idle keep-alive)"
-SUBS_DOC = "Subscriptions now, by transport (longpoll: polls parked waiting for a message)"
-LOOP_LAG_DOC = "How late the server's periodic sweep last ran: the event loop was busy that long"
-PUBLISHED_DOC = "Messages published (given an id), by route"
-DELIVERIES_DOC = "Messages handed to subscribers, by transport"
-BYTES_DOC = "Bytes of messages written to subscribers, by transport"
-PAUSES_DOC = "Times a subscriber's socket pushed back and it was paused to a cursor"
-REFUSALS_DOC = (
+_BUILD_DOC = "rawrt's version and Python's (the value is 1)"
+_CONNECTIONS_DOC = "Open connections, by transport (http: plain requests and idle keep-alive)"
+_SUBS_DOC = "Subscriptions now, by transport (longpoll: polls parked waiting for a message)"
+_LOOP_LAG_DOC = "How late the server's periodic sweep last ran: the event loop was busy that long"
+_PUBLISHED_DOC = "Messages published (given an id), by route"
+_DELIVERIES_DOC = "Messages handed to subscribers, by transport"
+_BYTES_DOC = "Bytes of messages written to subscribers, by transport"
+_PAUSES_DOC = "Times a subscriber's socket pushed back and it was paused to a cursor"
+_REFUSALS_DOC = (
     "Requests refused (code: HTTP status) and WebSocket refusals (code: the close code sent, "
     "or the status an error frame stands for), by transport"
 )
-LATENCY_DOC = "From a publish request read to its message id, by route"
-REDIS_RTT_DOC = "Round trip of a pipeline of publishes to Redis"
-PUBSUB_LAG_DOC = "From a publish (its node's clock) to this node hearing of it over Redis pub/sub"
+_LATENCY_DOC = "From a publish request read to its message id, by route"
+_REDIS_RTT_DOC = "Round trip of a pipeline of publishes to Redis"
+_PUBSUB_LAG_DOC = "From a publish (its node's clock) to this node hearing of it over Redis pub/sub"
 
 
 class MetricsSource(Protocol):
@@ -143,28 +143,28 @@ class Metrics:
 
     def _define(self) -> None:
         g, c, h = self._gauge, self._counter, self._histogram
-        self._build = g("rawrt_build_info", BUILD_DOC, ("version", "python"), "livemax")
-        self._connections = g("rawrt_connections", CONNECTIONS_DOC, ("transport",), "livesum")
-        self._subscriptions = g("rawrt_subscriptions", SUBS_DOC, ("transport",), "livesum")
+        self._build = g("rawrt_build_info", _BUILD_DOC, ("version", "python"), "livemax")
+        self._connections = g("rawrt_connections", _CONNECTIONS_DOC, ("transport",), "livesum")
+        self._subscriptions = g("rawrt_subscriptions", _SUBS_DOC, ("transport",), "livesum")
         self._channels = g("rawrt_channels", "Channels in memory", (), "livesum")
         self._history = g("rawrt_history_bytes", "Bytes of history held", (), "livesum")
-        self._loop_lag = g("rawrt_event_loop_lag_seconds", LOOP_LAG_DOC, (), "livemax")
-        self._published = c("rawrt_messages_published_total", PUBLISHED_DOC, ("route",))
-        self._deliveries = c("rawrt_deliveries_total", DELIVERIES_DOC, ("transport",))
-        self._bytes = c("rawrt_delivered_bytes_total", BYTES_DOC, ("transport",))
+        self._loop_lag = g("rawrt_event_loop_lag_seconds", _LOOP_LAG_DOC, (), "livemax")
+        self._published = c("rawrt_messages_published_total", _PUBLISHED_DOC, ("route",))
+        self._deliveries = c("rawrt_deliveries_total", _DELIVERIES_DOC, ("transport",))
+        self._bytes = c("rawrt_delivered_bytes_total", _BYTES_DOC, ("transport",))
         self._resets = c("rawrt_resets_total", "Readers told to start over, by cause", ("cause",))
-        self._pauses = c("rawrt_slow_subscriber_pauses_total", PAUSES_DOC)
-        self._refused = c("rawrt_refusals_total", REFUSALS_DOC, ("transport", "code"))
-        self._latency = h("rawrt_publish_latency_seconds", LATENCY_DOC, ("route",))
+        self._pauses = c("rawrt_slow_subscriber_pauses_total", _PAUSES_DOC)
+        self._refused = c("rawrt_refusals_total", _REFUSALS_DOC, ("transport", "code"))
+        self._latency = h("rawrt_publish_latency_seconds", _LATENCY_DOC, ("route",))
         self._latency_children = {route: self._latency.labels(route) for route in ROUTES}
 
     def _define_redis(self) -> tuple[Histogram, Gauge, Gauge]:
         """The Redis figures, which exist only with a Redis backplane."""
         g = self._gauge
         return (
-            self._histogram("rawrt_redis_round_trip_seconds", REDIS_RTT_DOC, ()),
+            self._histogram("rawrt_redis_round_trip_seconds", _REDIS_RTT_DOC, ()),
             g("rawrt_redis_up", "1 while connected to Redis (every worker)", (), "livemin"),
-            g("rawrt_redis_pubsub_lag_seconds", PUBSUB_LAG_DOC, (), "livemax"),
+            g("rawrt_redis_pubsub_lag_seconds", _PUBSUB_LAG_DOC, (), "livemax"),
         )
 
     def _hook_backplane(self, backplane: Backplane) -> None:
@@ -183,7 +183,7 @@ class Metrics:
         if hub is None:
             return  # not started
         ws, sse, other = source.connection_census()
-        subs = hub.census()
+        subs = hub.subscriptions
         for transport, value in zip(_TRANSPORTS, subs, strict=True):
             self._subscriptions.labels(transport).set(value)
         self._connections.labels("websocket").set(ws)
