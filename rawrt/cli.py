@@ -80,6 +80,12 @@ HELP = {
     "--max-client-messages-per-s",
     "demo": "serve the demo page at / (--demo, --no-demo); by default on unless keys or "
     "tokens are configured",
+    "metrics": "serve Prometheus metrics at GET /metrics (true or false)",
+    "metrics_key": "key a scraper must send to read /metrics (Authorization: Bearer KEY or "
+    "X-API-Key: KEY), 16 characters or more; anyone may read when empty; prefer the env var",
+    "metrics_host": "address of a listener of its own for /metrics, which then is served "
+    "only there; empty serves it on the main listener",
+    "metrics_port": "TCP port of --metrics-host; 0 picks a free one (the log line names it)",
 }
 # Short option names users expect; the long forms stay valid.
 ALIASES = {

@@ -35,6 +35,19 @@ class Config:
     # publishes is an invitation an open development server can afford and a production one
     # should not make by default.
     demo: bool | None = None
+    # Prometheus metrics at GET /metrics (rawrt.metrics). Counting happens either way (plain
+    # ints, per flush); this says whether they are served.
+    metrics: bool = True
+    # A key a scraper must present (`Authorization: Bearer K` or `X-API-Key: K`; Prometheus's
+    # `authorization` setting sends the first); empty: anyone who reaches /metrics may read.
+    # Not the publish key: a scraper's credential must not be able to publish.
+    metrics_key: str = field(default="", repr=False)
+    # An address of its own for /metrics (an internal interface, say), then served there only
+    # and no longer on the main listener; empty: on the main listener.
+    metrics_host: str = ""
+    # ... and its port (0 picks a free one, named in the log; with workers give one: they
+    # share it as they share the main port).
+    metrics_port: int = 0
 
     # --- access control (rawrt.access; all off by default: an open development server) ------
     # Keys that may publish over HTTP (`Authorization: Bearer K` or `X-API-Key: K`), comma-
@@ -255,6 +268,7 @@ def _problems(c: Config) -> list[str]:
     if c.echo_path is not None and not c.echo_path.startswith("/"):
         found.append("echo_path must start with '/'")
     found.extend(_network_problems(c))
+    found.extend(_metrics_problems(c))
     if c.workers > 1 and not (c.redis_url or c.redis_master):
         found.append("workers > 1 needs redis_url or redis_master: processes share channels")
     found += _redis_problems(c)
@@ -327,6 +341,25 @@ def _redis_url_problems(text: str) -> list[str]:
         if address in addresses:
             found.append(f"redis_url lists the Redis at {address} twice")
         addresses.add(address)
+    return found
+
+
+def _metrics_problems(c: Config) -> list[str]:
+    found: list[str] = []
+    if not 0 <= c.metrics_port <= 65535:
+        found.append(f"metrics_port must be in 0..65535, not {c.metrics_port}")
+    if c.metrics_port and not c.metrics_host:
+        found.append("metrics_port needs metrics_host: the address /metrics is served on")
+    if c.metrics_host and c.workers > 1 and not c.metrics_port:
+        found.append("metrics_host with workers > 1 needs a metrics_port all workers share")
+    key = c.metrics_key
+    if key and (len(key) < access.MIN_PUBLISH_KEY_CHARS or not all("!" <= ch <= "~" for ch in key)):
+        found.append(
+            f"metrics_key must be at least {access.MIN_PUBLISH_KEY_CHARS} visible ASCII "
+            "characters (no spaces)"
+        )
+    if key and key in access.split_list(c.publish_key):
+        found.append("metrics_key must differ from every publish_key")
     return found
 
 
