@@ -1,0 +1,407 @@
+"""`Client` and `Subscription`: the asyncio face of rawrt.client (see its docstring).
+
+The client owns one WebSocket at a time and a task that runs it: every subscription's
+subscribe goes out on it (after an auth frame when there is a token), its frames are handed
+to the subscriptions' feeds (rawrt.client.core), and when it ends the task waits a
+full-jitter backoff and opens the next one, forever, until the server refuses for good or
+the application closes the client. Publishing is a separate HTTP POST, whose answer carries
+the message's id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+import random
+import ssl
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, Self
+
+from rawrt.client.core import Endpoint, Event, Feed, Message, Reset, State, backoff_delay
+from rawrt.client.transport import HttpPublisher, WsConnection, error_text
+from rawrt.config import ClientConfig
+from rawrt.errors import BadMessage, ClientError, Refused, Unreachable
+from rawrt.wire.envelope import canonical_json
+
+__all__ = ["Client", "Subscription", "Token", "connect"]
+
+log = logging.getLogger("rawrt.client")
+
+Token = str | Callable[[], str | Awaitable[str]]
+
+# Error frames that mean "not now": the server cannot serve a subscription yet (a channel
+# slot, the backplane). Reconnecting with backoff is the retry the server asks for.
+_BUSY = frozenset({"Server busy", "Backplane unavailable"})
+# Close codes that will not change by retrying: the server's policy said no.
+_FATAL_CLOSE = frozenset({1008, 4403})
+UNAUTHORIZED_CLOSE = 4401
+# Handshake statuses worth retrying: the server is overloaded, restarting or timed out.
+_RETRY_STATUS = frozenset({408, 425, 429})
+
+
+def connect(
+    url: str,
+    *,
+    token: Token | None = None,
+    key: str | None = None,
+    config: ClientConfig | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> Client:
+    """A client of the rawrt server at `url` (http, https, ws or wss; a path is a prefix
+    before rawrt's routes). Use it as `async with connect(...) as client:`.
+
+    `token` (a string, or a function returning one, called again on every connect) is sent
+    as the WebSocket's first frame and as `Authorization: Bearer` on publishes; `key` is a
+    publish key sent as `X-API-Key` instead.
+    """
+    return Client(url, token=token, key=key, config=config, ssl_context=ssl_context)
+
+
+class Client:
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: Token | None = None,
+        key: str | None = None,
+        config: ClientConfig | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.config = config or ClientConfig()
+        self._endpoint = Endpoint.parse(url)
+        if ssl_context is None and self._endpoint.secure:
+            ssl_context = ssl.create_default_context()
+        self._ssl = ssl_context
+        self._token = token
+        self._key = key
+        self._subs: dict[str, Subscription] = {}
+        self._conn: WsConnection | None = None
+        # Channels whose subscribe awaits its answer on this connection, in sending order:
+        # the server answers in order, and an error frame without a channel is the oldest's.
+        self._awaiting: deque[str] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = asyncio.Event()
+        self._rng = random.Random()
+        self._publisher = HttpPublisher(self._endpoint, self._ssl, self.config)
+        self.connections = 0  # WebSockets opened so far (a reconnect adds one)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        """Open the first connection: Unreachable or Refused if it fails. Later ones are
+        retried forever."""
+        if self._task is not None:
+            return
+        conn = await self._open()
+        self._task = asyncio.create_task(self._run(conn))
+
+    async def close(self) -> None:
+        """Close the WebSocket and the publish connection; every subscription ends."""
+        self._closed.set()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._conn is not None:
+            await self._conn.aclose()
+            self._conn = None
+        await self._publisher.aclose()
+        for sub in list(self._subs.values()):
+            sub._end()
+        self._subs.clear()
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    # --- subscribing and publishing --------------------------------------------------------
+
+    def subscribe(self, channel: str, since: str | None = None) -> Subscription:
+        """Follow `channel` from the message after `since` (from now when None): iterate the
+        result for `Message` and `Reset` events. One subscription per channel per client."""
+        if self._closed.is_set():
+            raise ClientError("the client is closed")
+        if not isinstance(channel, str) or not channel:
+            raise ValueError("a channel is a non-empty string")
+        if channel in self._subs:
+            raise ValueError(f"already subscribed to {channel!r} on this client")
+        feed = Feed(channel, since, self.config.queue_size, self.config.queue_max_bytes)
+        sub = Subscription(self, feed)
+        self._subs[channel] = sub
+        self._send_subscribe(feed)
+        return sub
+
+    async def publish(self, channel: str, data: Any) -> str:
+        """Publish `data` (anything JSON holds) to `channel` over HTTP; its message id.
+        Refused with the server's status and error, or Unreachable."""
+        try:
+            body = canonical_json(data).encode()
+        except (ValueError, TypeError, BadMessage) as exc:
+            raise ValueError(f"data is not JSON: {exc}") from None
+        headers = []
+        if self._key is not None:
+            headers.append(("X-API-Key", self._key))
+        elif self._token is not None:
+            headers.append(("Authorization", f"Bearer {await self._token_now()}"))
+        target = self._endpoint.publish_target(channel)
+        status, answer = await self._publisher.post(target, body, headers)
+        if status != 200:
+            raise Refused(status, error_text(answer), channel=channel)
+        try:
+            return str(json.loads(answer)["id"])
+        except (ValueError, KeyError, TypeError):
+            raise Refused(status, f"not a publish answer: {answer[:200]!r}") from None
+
+    # --- the connection task ---------------------------------------------------------------
+
+    async def _open(self) -> WsConnection:
+        conn = await WsConnection.open(self._endpoint, self._ssl, self.config)
+        self.connections += 1
+        if self._token is not None:
+            try:
+                token = await self._token_now()
+            except Exception:
+                await conn.aclose()
+                raise
+            conn.send_text(json.dumps({"type": "auth", "token": token}))
+        return conn
+
+    async def _run(self, conn: WsConnection) -> None:
+        loop = asyncio.get_running_loop()
+        attempt = 0
+        while True:
+            opened_at = loop.time()
+            failure = await self._serve(conn)
+            if failure is not None:
+                self._fail_all(failure)
+                return
+            if loop.time() - opened_at >= self.config.backoff_reset_s:
+                attempt = 0
+            next_conn = await self._reconnect(attempt)
+            if next_conn is None:
+                return
+            conn, attempt = next_conn
+
+    async def _reconnect(self, attempt: int) -> tuple[WsConnection, int] | None:
+        """The next connection, after backoff; None once closed or refused for good."""
+        c = self.config
+        while True:
+            delay = backoff_delay(attempt, c.backoff_min_s, c.backoff_max_s, self._rng)
+            attempt += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closed.wait(), delay)
+            if self._closed.is_set():
+                return None
+            try:
+                return await self._open(), attempt
+            except Unreachable as exc:
+                log.info("reconnect failed (%s); retrying", exc)
+            except Refused as exc:
+                if not self._retryable(exc.status):
+                    self._fail_all(exc)
+                    return None
+                log.info("reconnect refused (%s); retrying", exc)
+
+    def _retryable(self, status: int) -> bool:
+        if status == 401 or status == UNAUTHORIZED_CLOSE:
+            return callable(self._token)  # a getter may have a fresh token next time
+        return status >= 500 or status in _RETRY_STATUS
+
+    async def _serve(self, conn: WsConnection) -> ClientError | None:
+        """Run `conn` until it ends; the error that ends the client, or None to reconnect."""
+        self._conn = conn
+        self._awaiting.clear()
+        for sub in self._subs.values():
+            if sub._feed.state in (State.IDLE, State.WAITING):
+                self._send_subscribe(sub._feed)
+        try:
+            async for text, size in conn.messages():
+                verdict = self._on_frame(text, size)
+                if verdict is not None:
+                    await conn.aclose()
+                    return verdict if isinstance(verdict, ClientError) else None
+        except ClientError as exc:
+            return exc
+        except asyncio.CancelledError:
+            await conn.aclose()  # the application closed the client: say goodbye
+            raise
+        finally:
+            self._conn = None
+            for sub in self._subs.values():
+                sub._feed.disconnected()
+        code = conn.close_code
+        log.info("connection closed (%s %s); reconnecting", code, conn.close_reason)
+        if code == UNAUTHORIZED_CLOSE and not callable(self._token):
+            return Refused(code, conn.close_reason or "token refused")
+        if code in _FATAL_CLOSE:
+            return Refused(code, conn.close_reason or "refused by the server's policy")
+        return None
+
+    def _fail_all(self, error: ClientError) -> None:
+        log.warning("giving up: %s", error)
+        for sub in list(self._subs.values()):
+            sub._feed.fail(error)
+            sub._wake()
+
+    # --- frames from the server ------------------------------------------------------------
+
+    def _on_frame(self, text: str, size: int) -> ClientError | bool | None:
+        """Handle one server frame; not None to close the connection (an error: for good)."""
+        try:
+            frame = json.loads(text)
+            kind = frame["type"]
+            if kind == "message":
+                self._on_event(Message(frame["channel"], frame["id"], frame["data"],
+                                       int(frame["timestamp"])), size)  # fmt: skip
+            elif kind == "reset":
+                self._on_event(Reset(frame["channel"], frame["id"]), size)
+            elif kind == "subscribed":
+                self._on_subscribed(frame["channel"], frame["id"])
+            elif kind == "error":
+                return self._on_error(frame)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring a frame the client cannot read (%s): %.200s", exc, text)
+        return None  # pong, unsubscribed, authenticated: nothing to do
+
+    def _on_event(self, event: Event, size: int) -> None:
+        sub = self._subs.get(event.channel)
+        if sub is None:
+            return
+        if isinstance(event, Message):
+            frame = sub._feed.on_message(event, size)
+        else:
+            frame = sub._feed.on_reset(event, size)
+        if frame is not None and self._conn is not None:
+            self._conn.send_text(frame)  # the queue is full: unsubscribe until it drains
+        sub._wake()
+
+    def _on_subscribed(self, channel: str, head_id: str) -> None:
+        with contextlib.suppress(ValueError):
+            self._awaiting.remove(channel)
+        sub = self._subs.get(channel)
+        if sub is not None and sub._feed.state is State.WAITING:
+            sub._feed.on_subscribed(head_id)
+            sub._confirmed = True
+            sub._wake()
+
+    def _on_error(self, frame: dict[str, Any]) -> ClientError | bool | None:
+        data, reason = frame.get("data"), str(frame.get("reason") or frame.get("data"))
+        channel = frame.get("channel")
+        if not isinstance(channel, str):
+            channel = self._awaiting.popleft() if self._awaiting else None
+        else:
+            with contextlib.suppress(ValueError):
+                self._awaiting.remove(channel)
+        log.warning("the server says %s: %s (channel %r)", data, reason, channel)
+        if data in _BUSY or (data == "Unauthorized" and callable(self._token)):
+            return True  # reconnect after backoff (and with a fresh token)
+        sub = self._subs.pop(channel, None) if channel is not None else None
+        if sub is not None:
+            status = {"Unauthorized": 401, "Forbidden": 403}.get(str(data), 400)
+            sub._feed.refused(status, reason)
+            sub._wake()
+        return None
+
+    # --- helpers for subscriptions ---------------------------------------------------------
+
+    def _send_subscribe(self, feed: Feed) -> None:
+        frame = feed.subscribe()  # WAITING now; sent on the next connection if none is open
+        if self._conn is not None:
+            self._awaiting.append(feed.channel)
+            self._conn.send_text(frame)
+
+    def _forget(self, sub: Subscription) -> None:
+        if self._subs.get(sub.channel) is sub:
+            del self._subs[sub.channel]
+            if self._conn is not None:
+                self._conn.send_text(sub._feed.unsubscribe())
+
+    async def _token_now(self) -> str:
+        token = self._token
+        if token is None or isinstance(token, str):
+            return token or ""
+        value = token()
+        return await value if inspect.isawaitable(value) else value
+
+
+class Subscription:
+    """One channel followed by a `Client`: an async iterator of `Message` and `Reset`.
+
+    Iterating raises the `ClientError` that ended it (Refused for this channel, or for the
+    whole client) once the events queued before it are taken; it stops when the subscription
+    or its client is closed.
+    """
+
+    def __init__(self, client: Client, feed: Feed) -> None:
+        self._client = client
+        self._feed = feed
+        self._wakeup = asyncio.Event()
+        self._confirmed = False
+        self._ended = False
+
+    @property
+    def channel(self) -> str:
+        return self._feed.channel
+
+    @property
+    def position(self) -> str | None:
+        """The id to resume from later: of the last event queued (or the channel's head)."""
+        return self._feed.position
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Event:
+        while True:
+            event = self._feed.take()
+            if event is not None:
+                if self._feed.caught_up:
+                    self._client._send_subscribe(self._feed)
+                return event
+            if self._feed.error is not None:
+                raise self._feed.error
+            if self._ended:
+                raise StopAsyncIteration
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    async def ready(self) -> None:
+        """Return once the server has confirmed the subscription (messages published from
+        then on will arrive); the subscription's ClientError if it failed first."""
+        while not self._confirmed:
+            if self._feed.error is not None:
+                raise self._feed.error
+            if self._ended:
+                raise ClientError("the subscription was closed")
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    def close(self) -> None:
+        """Unsubscribe; iteration stops once the queued events are taken."""
+        self._client._forget(self)
+        self._end()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _end(self) -> None:
+        self._ended = True
+        self._wake()
+
+    def _wake(self) -> None:
+        self._wakeup.set()
