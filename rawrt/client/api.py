@@ -172,13 +172,20 @@ class Client:
         if self._token is not None:
             try:
                 token = await self._token_now()
-            except Exception:
+            except Exception as exc:  # the application's getter: retried like the network
                 await conn.aclose()
-                raise
+                raise Unreachable(f"the token getter failed: {exc!r}") from exc
             conn.send_text(json.dumps({"type": "auth", "token": token}))
         return conn
 
     async def _run(self, conn: WsConnection) -> None:
+        try:
+            await self._keep_connected(conn)
+        except Exception as exc:  # a bug: say so to every subscription rather than hang
+            log.exception("the client's connection task failed")
+            self._fail_all(ClientError(f"internal error: {exc!r}"))
+
+    async def _keep_connected(self, conn: WsConnection) -> None:
         loop = asyncio.get_running_loop()
         attempt = 0
         while True:
@@ -227,11 +234,12 @@ class Client:
             if sub._feed.state in (State.IDLE, State.WAITING):
                 self._send_subscribe(sub._feed)
         try:
-            async for text, size in conn.messages():
-                verdict = self._on_frame(text, size)
-                if verdict is not None:
-                    await conn.aclose()
-                    return verdict if isinstance(verdict, ClientError) else None
+            async with contextlib.aclosing(conn.messages()) as frames:
+                async for text, size in frames:
+                    verdict = self._on_frame(text, size)
+                    if verdict is not None:
+                        await conn.aclose()
+                        return verdict if isinstance(verdict, ClientError) else None
         except ClientError as exc:
             return exc
         except asyncio.CancelledError:

@@ -17,7 +17,7 @@ import contextlib
 import json
 import logging
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 import h11
 from wsproto import ConnectionType, WSConnection
@@ -121,7 +121,7 @@ class WsConnection:
         if self._ws.state is ConnectionState.OPEN and not self._writer.is_closing():
             self._writer.write(self._ws.send(TextMessage(text)))
 
-    async def messages(self) -> AsyncIterator[tuple[str, int]]:
+    async def messages(self) -> AsyncGenerator[tuple[str, int], None]:
         """Each complete text message and its size in bytes, until the connection ends;
         `close_code` then says how (ABNORMAL without a close frame). ClientError for a
         message over max_message_bytes, after closing with 1009."""
