@@ -41,6 +41,8 @@ _FATAL_CLOSE = frozenset({1008, 4403})
 UNAUTHORIZED_CLOSE = 4401
 # Handshake statuses worth retrying: the server is overloaded, restarting or timed out.
 _RETRY_STATUS = frozenset({408, 425, 429})
+# Stands for the auth frame among the subscribes awaiting an answer (channels are never "").
+_AUTH = ""
 
 
 def connect(
@@ -230,6 +232,8 @@ class Client:
         """Run `conn` until it ends; the error that ends the client, or None to reconnect."""
         self._conn = conn
         self._awaiting.clear()
+        if self._token is not None:
+            self._awaiting.append(_AUTH)  # _open sent it first: its answer comes first
         for sub in self._subs.values():
             if sub._feed.state in (State.IDLE, State.WAITING):
                 self._send_subscribe(sub._feed)
@@ -279,6 +283,8 @@ class Client:
                 self._on_subscribed(frame["channel"], frame["id"])
             elif kind == "error":
                 return self._on_error(frame)
+            elif kind == "authenticated" and self._awaiting and self._awaiting[0] == _AUTH:
+                self._awaiting.popleft()
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring a frame the client cannot read (%s): %.200s", exc, text)
         return None  # pong, unsubscribed, authenticated: nothing to do
@@ -313,6 +319,8 @@ class Client:
             with contextlib.suppress(ValueError):
                 self._awaiting.remove(channel)
         log.warning("the server says %s: %s (channel %r)", data, reason, channel)
+        if channel == _AUTH:
+            return None  # a server without tokens refuses the auth frame: it needs none
         if data in _BUSY or (data == "Unauthorized" and callable(self._token)):
             return True  # reconnect after backoff (and with a fresh token)
         sub = self._subs.pop(channel, None) if channel is not None else None
