@@ -18,7 +18,7 @@ from wsproto.utilities import generate_accept_token
 
 import rawrt
 import rawrt.client
-from rawrt.client import ClientConfig, Message, Refused, Reset, Unreachable
+from rawrt.client import ClientConfig, ClientError, Message, Refused, Reset, Unreachable
 
 FAST = ClientConfig(backoff_min_s=0.02, backoff_max_s=0.2)
 STEP_S = 5.0  # bound on any single expected arrival
@@ -230,3 +230,31 @@ async def test_a_silent_server_is_pinged_then_left_for_another_connection() -> N
             writer.close()
         listener.close()
         await listener.wait_closed()
+
+
+async def test_a_message_over_the_clients_limit_ends_it_with_a_clienterror(
+    server: rawrt.Server,
+) -> None:
+    config = ClientConfig(max_message_bytes=200)
+    async with client_of(server.url, config=config) as client:
+        sub = client.subscribe("news")
+        await asyncio.wait_for(sub.ready(), STEP_S)
+        await client.publish("news", "x" * 300)
+        with pytest.raises(ClientError, match="over 200 bytes"):
+            await asyncio.wait_for(anext(sub), STEP_S)
+        await wait_until(lambda: not server._sockets)  # it closed (1009) and stayed away
+        assert client.connections == 1
+
+
+@pytest.mark.parametrize("server", [{"keepalive_timeout_s": 0.2}], indirect=True)
+async def test_publish_survives_the_server_closing_its_idle_connection(
+    server: rawrt.Server,
+) -> None:
+    client = rawrt.client.connect(server.url)  # publishing only: no WebSocket
+    try:
+        first = await client.publish("news", 1)
+        await wait_until(lambda: not server._connections)  # the kept-alive one timed out
+        second = await client.publish("news", 2)
+    finally:
+        await client.close()
+    assert [first.rpartition("-")[2], second.rpartition("-")[2]] == ["1", "2"]

@@ -36,8 +36,8 @@ Token = str | Callable[[], str | Awaitable[str]]
 # Error frames that mean "not now": the server cannot serve a subscription yet (a channel
 # slot, the backplane). Reconnecting with backoff is the retry the server asks for.
 _BUSY = frozenset({"Server busy", "Backplane unavailable"})
-# Close codes that will not change by retrying: the server's policy said no.
-_FATAL_CLOSE = frozenset({1008, 4403})
+# Close codes that will not change by retrying: the server's policy said no (RFC 6455 §7.4.1).
+_FATAL_CLOSE = frozenset({1008})
 UNAUTHORIZED_CLOSE = 4401
 # Handshake statuses worth retrying: the server is overloaded, restarting or timed out.
 _RETRY_STATUS = frozenset({408, 425, 429})

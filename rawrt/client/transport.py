@@ -314,7 +314,10 @@ class HttpPublisher:
         for _ in range(100_000):  # bounded: every turn reads or consumes bytes
             event = conn.next_event()
             if event is h11.NEED_DATA:
-                conn.receive_data(await reader.read(READ_BYTES))
+                data = await reader.read(READ_BYTES)
+                if not data and status == 0:
+                    raise _Stale("closed before answering")
+                conn.receive_data(data)
             elif isinstance(event, h11.Response):
                 status = event.status_code
             elif isinstance(event, h11.Data):
@@ -325,7 +328,7 @@ class HttpPublisher:
                 self._keep_or_drop(conn)
                 return status, bytes(body)
             elif isinstance(event, h11.ConnectionClosed):
-                raise _Stale("closed before answering") if status == 0 else OSError("cut short")
+                raise OSError("the answer was cut short")
         raise h11.RemoteProtocolError("endless answer")
 
     def _keep_or_drop(self, conn: h11.Connection) -> None:
