@@ -1,16 +1,14 @@
-"""rawrt.client over TLS (wss:// and https://): rawrt itself speaks plain HTTP, so a small
-TLS terminator on 127.0.0.1 (asyncio's own, with a certificate made for the test) relays
-each connection to it, as nginx would in front of a deployment."""
+"""rawrt.client over TLS (wss:// and https://), against rawrt serving TLS itself
+(`tls_cert`, `tls_key`) with a certificate made for the test."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import ipaddress
 import ssl
-from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -57,62 +55,23 @@ def _certificate(folder: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        with contextlib.suppress(OSError):
-            for _ in range(1_000_000):  # bounded: every turn moves bytes or ends
-                data = await reader.read(65536)
-                if not data:
-                    break
-                writer.write(data)
-                await writer.drain()
-    finally:
-        writer.close()
-
-
-@contextlib.asynccontextmanager
-async def tls_front(port: int, cert: Path, key: Path) -> AsyncIterator[int]:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
-    relays: set[asyncio.Task[object]] = set()
-
-    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
-        task = asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
-        relays.add(task)
-        await task
-
-    listener = await asyncio.start_server(relay, "127.0.0.1", 0, ssl=context)
-    try:
-        yield listener.sockets[0].getsockname()[1]
-    finally:
-        listener.close()
-        for task in relays:
-            task.cancel()
-        await asyncio.gather(*relays, return_exceptions=True)
-        await listener.wait_closed()
-
-
 async def test_wss_and_https_with_the_servers_certificate(
-    server: rawrt.Server, tmp_path: Path
+    start_server: Any, tmp_path: Path
 ) -> None:
     cert, key = _certificate(tmp_path)
+    server = await start_server(tls_cert=str(cert), tls_key=str(key))
+    assert server.url.startswith("https://")
     trusted = ssl.create_default_context(cafile=str(cert))
-    async with tls_front(server.port, cert, key) as port:
-        url = f"https://127.0.0.1:{port}"
-        async with asyncio.timeout(STEP_S), rawrt.client.connect(url, ssl_context=trusted) as c:
-            sub = c.subscribe("news")
-            await sub.ready()
-            sent = await c.publish("news", {"over": "tls"})
-            event = await anext(sub)
-            await c.close()
+    async with asyncio.timeout(STEP_S), rawrt.client.connect(server.url, ssl_context=trusted) as c:
+        sub = c.subscribe("news")
+        await sub.ready()
+        sent = await c.publish("news", {"over": "tls"})
+        event = await anext(sub)
     assert isinstance(event, Message) and (event.id, event.data) == (sent, {"over": "tls"})
 
 
-async def test_an_untrusted_certificate_is_unreachable(
-    server: rawrt.Server, tmp_path: Path
-) -> None:
+async def test_an_untrusted_certificate_is_unreachable(start_server: Any, tmp_path: Path) -> None:
     cert, key = _certificate(tmp_path)
-    async with tls_front(server.port, cert, key) as port:
-        with pytest.raises(Unreachable, match="CERTIFICATE_VERIFY_FAILED"):
-            await rawrt.client.connect(f"wss://127.0.0.1:{port}").open()
+    server = await start_server(tls_cert=str(cert), tls_key=str(key))
+    with pytest.raises(Unreachable, match="CERTIFICATE_VERIFY_FAILED"):
+        await rawrt.client.connect(f"wss://127.0.0.1:{server.port}").open()
