@@ -258,3 +258,29 @@ async def test_publish_survives_the_server_closing_its_idle_connection(
     finally:
         await client.close()
     assert [first.rpartition("-")[2], second.rpartition("-")[2]] == ["1", "2"]
+
+
+@pytest.mark.parametrize("server", [{"max_channels": 1}], indirect=True)
+async def test_a_busy_channel_is_retried_alone_while_the_others_flow(
+    server: rawrt.Server,
+) -> None:
+    config = ClientConfig(backoff_min_s=0.05, backoff_max_s=0.1)
+    async with client_of(server.url, config=config) as client:
+        first = client.subscribe("first")
+        await asyncio.wait_for(first.ready(), STEP_S)
+        started = asyncio.get_running_loop().time()
+        second = client.subscribe("second")  # no channel slot left: "Server busy"
+        sent = []
+        for n in range(1000):  # bounded by the wait below
+            sent.append(await client.publish("first", n))
+            assert [e.id for e in await take(first, 1)] == sent[-1:]
+            if second._busy_attempts >= 4:
+                break
+        elapsed = asyncio.get_running_loop().time() - started
+        assert elapsed >= 3 * config.backoff_min_s  # backoff between retries, no tight loop
+        assert not second._confirmed and client.connections == 1
+        first.close()  # its channel goes idle, and may be evicted for the second
+        await asyncio.wait_for(second.ready(), STEP_S)
+        later = await client.publish("second", "at last")
+        assert [e.id for e in await take(second, 1)] == [later]
+        assert client.connections == 1

@@ -23,7 +23,8 @@ When the WebSocket ends (a network error, the server's 1001 at a drain, a ping w
 answer), the client reconnects after a full-jitter backoff (ClientConfig.backoff_min_s to
 backoff_max_s, reset after a stable connection), forever. It gives up only when the server
 refuses for good: a handshake answered 4xx (but 408 and 429), close code 4401 (with a
-fixed token) or 1008; a subscription the server refuses ends alone with `Refused`.
+fixed token) or 1008; a subscription the server refuses ends alone with `Refused`, and one
+it cannot serve yet ("Server busy") is retried alone, with backoff, on the same socket.
 
 A slow application costs a bounded queue per subscription (ClientConfig.queue_size and
 queue_max_bytes): past it the subscription unsubscribes, and resubscribes from its position

@@ -33,8 +33,9 @@ log = logging.getLogger("rawrt.client")
 
 Token = str | Callable[[], str | Awaitable[str]]
 
-# Error frames that mean "not now": the server cannot serve a subscription yet (a channel
-# slot, the backplane). Reconnecting with backoff is the retry the server asks for.
+# Error frames that mean "not now": the server cannot serve this subscription yet (every
+# channel slot is busy, the backplane is down). That subscription alone is retried with
+# backoff on the same socket: reconnecting would make the working ones attach again too.
 _BUSY = frozenset({"Server busy", "Backplane unavailable"})
 # Close codes that will not change by retrying: the server's policy said no (RFC 6455 §7.4.1).
 _FATAL_CLOSE = frozenset({1008})
@@ -308,6 +309,7 @@ class Client:
         if sub is not None and sub._feed.state is State.WAITING:
             sub._feed.on_subscribed(head_id)
             sub._confirmed = True
+            sub._busy_attempts = 0
             sub._wake()
 
     def _on_error(self, frame: dict[str, Any]) -> ClientError | bool | None:
@@ -321,8 +323,13 @@ class Client:
         log.warning("the server says %s: %s (channel %r)", data, reason, channel)
         if channel == _AUTH:
             return None  # a server without tokens refuses the auth frame: it needs none
-        if data in _BUSY or (data == "Unauthorized" and callable(self._token)):
-            return True  # reconnect after backoff (and with a fresh token)
+        if data == "Unauthorized" and callable(self._token):
+            return True  # reconnect after backoff, with a fresh token
+        sub = self._subs.get(channel) if channel is not None else None
+        if sub is not None and data in _BUSY:
+            sub._feed.disconnected()  # not subscribed: a reconnect would subscribe it too
+            sub._retry_later(self.config, self._rng)
+            return None
         sub = self._subs.pop(channel, None) if channel is not None else None
         if sub is not None:
             status = {"Unauthorized": 401, "Forbidden": 403}.get(str(data), 400)
@@ -331,6 +338,12 @@ class Client:
         return None
 
     # --- helpers for subscriptions ---------------------------------------------------------
+
+    def _resubscribe(self, sub: Subscription) -> None:
+        """A busy subscription's retry is due (if the socket it failed on is gone, the next
+        one has subscribed it already)."""
+        if self._subs.get(sub.channel) is sub and sub._feed.state is State.IDLE:
+            self._send_subscribe(sub._feed)
 
     def _send_subscribe(self, feed: Feed) -> None:
         frame = feed.subscribe()  # WAITING now; sent on the next connection if none is open
@@ -366,6 +379,8 @@ class Subscription:
         self._wakeup = asyncio.Event()
         self._confirmed = False
         self._ended = False
+        self._busy_attempts = 0  # "Server busy" answers in a row
+        self._retry: asyncio.TimerHandle | None = None
 
     @property
     def channel(self) -> str:
@@ -417,7 +432,17 @@ class Subscription:
 
     def _end(self) -> None:
         self._ended = True
+        if self._retry is not None:
+            self._retry.cancel()
         self._wake()
+
+    def _retry_later(self, config: ClientConfig, rng: random.Random) -> None:
+        delay = backoff_delay(self._busy_attempts, config.backoff_min_s, config.backoff_max_s, rng)
+        self._busy_attempts += 1
+        if self._retry is not None:
+            self._retry.cancel()
+        loop = asyncio.get_running_loop()
+        self._retry = loop.call_later(delay, self._client._resubscribe, self)
 
     def _wake(self) -> None:
         self._wakeup.set()
