@@ -198,6 +198,10 @@ async def test_closing_the_client_ends_its_subscriptions(server: rawrt.Server) -
     with pytest.raises(StopAsyncIteration):
         await asyncio.wait_for(waiting, STEP_S)
     await wait_until(lambda: not server._sockets)
+    with pytest.raises(ClientError, match="closed"):
+        await client.publish("news", 1)
+    with pytest.raises(ClientError, match="closed"):
+        client.subscribe("other")
 
 
 async def test_a_silent_server_is_pinged_then_left_for_another_connection() -> None:

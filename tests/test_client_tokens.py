@@ -114,6 +114,8 @@ async def test_a_fixed_token_that_expires_stops_the_client_with_4401(
             async with asyncio.timeout(STEP_S):
                 async for _ in sub:
                     pass
+        with pytest.raises(Refused):  # the client as a whole is done: it says so at once
+            client.subscribe("other")
     assert caught.value.status == 4401 and "expired" in caught.value.detail
 
 

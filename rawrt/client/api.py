@@ -88,6 +88,7 @@ class Client:
         self._awaiting: deque[str] = deque()
         self._task: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
+        self._failure: ClientError | None = None  # why the server refused us for good
         self._rng = random.Random()
         self._publisher = HttpPublisher(self._endpoint, self._ssl, self.config)
         self.connections = 0  # WebSockets opened so far (a reconnect adds one)
@@ -104,6 +105,7 @@ class Client:
     async def open(self) -> None:
         """Open the first connection: Unreachable or Refused if it fails. Later ones are
         retried forever."""
+        self._check_usable()
         if self._task is not None:
             return
         conn = await self._open()
@@ -134,8 +136,7 @@ class Client:
     def subscribe(self, channel: str, since: str | None = None) -> Subscription:
         """Follow `channel` from the message after `since` (from now when None): iterate the
         result for `Message` and `Reset` events. One subscription per channel per client."""
-        if self._closed.is_set():
-            raise ClientError("the client is closed")
+        self._check_usable()
         if not isinstance(channel, str) or not channel:
             raise ValueError("a channel is a non-empty string")
         if channel in self._subs:
@@ -149,6 +150,8 @@ class Client:
     async def publish(self, channel: str, data: Any) -> str:
         """Publish `data` (anything JSON holds) to `channel` over HTTP; its message id.
         Refused with the server's status and error, or Unreachable."""
+        if self._closed.is_set():
+            raise ClientError("the client is closed")
         try:
             body = canonical_json(data).encode()
         except (ValueError, TypeError, BadMessage) as exc:
@@ -262,8 +265,15 @@ class Client:
             return Refused(code, conn.close_reason or "refused by the server's policy")
         return None
 
+    def _check_usable(self) -> None:
+        if self._closed.is_set():
+            raise ClientError("the client is closed")
+        if self._failure is not None:
+            raise self._failure
+
     def _fail_all(self, error: ClientError) -> None:
         log.warning("giving up: %s", error)
+        self._failure = error
         for sub in list(self._subs.values()):
             sub._feed.fail(error)
             sub._wake()
