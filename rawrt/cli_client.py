@@ -139,7 +139,9 @@ async def _print_events(client: Client, args: argparse.Namespace) -> None:
         async for event in sub:
             if done.is_set():
                 return
-            print(json.dumps(_line(event), ensure_ascii=False), flush=True)
+            sys.stdout.write(json.dumps(_line(event), ensure_ascii=False) + "\n")
+            if not sub.pending:  # one flush per burst, not per line
+                sys.stdout.flush()
             if isinstance(event, Message) and left[0] is not None:
                 left[0] -= 1
                 if left[0] == 0:

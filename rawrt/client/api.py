@@ -401,6 +401,11 @@ class Subscription:
         """The id to resume from later: of the last event queued (or the channel's head)."""
         return self._feed.position
 
+    @property
+    def pending(self) -> int:
+        """Events queued for the application now (an `anext` would not wait)."""
+        return self._feed.queued
+
     def __aiter__(self) -> Self:
         return self
 
