@@ -288,3 +288,14 @@ async def test_a_busy_channel_is_retried_alone_while_the_others_flow(
         later = await client.publish("second", "at last")
         assert [e.id for e in await take(second, 1)] == [later]
         assert client.connections == 1
+
+
+async def test_a_large_message_arrives_whole_across_many_reads(server: rawrt.Server) -> None:
+    """wsproto hands over a frame in pieces as the reads bring it; the client joins them."""
+    big = "é" * 300_000  # 600 kB of UTF-8: many 64 KiB reads, and characters cut between them
+    async with client_of(server.url) as client:
+        sub = client.subscribe("news")
+        await asyncio.wait_for(sub.ready(), STEP_S)
+        sent = await client.publish("news", big)
+        (event,) = await take(sub, 1)
+    assert isinstance(event, Message) and (event.id, event.data) == (sent, big)

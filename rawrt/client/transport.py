@@ -47,6 +47,7 @@ READ_BYTES = 64 * 1024  # one read; wsproto buffers what a frame has not used ye
 CLOSE_WAIT_S = 2.0  # after our close frame, how long the server has to answer it
 ABNORMAL = 1006  # RFC 6455 §7.4.1: the connection ended without a close frame
 TOO_BIG = 1009
+_TOO_BIG = ("", -1)  # what _assemble says of a message over the limit
 
 
 def error_text(body: bytes) -> str:
@@ -90,6 +91,8 @@ class WsConnection:
         self._ws = ws
         self._config = config
         self._early = early  # events that came with the handshake's answer
+        self._parts: list[str] = []  # fragments of the text message in progress ...
+        self._size = 0  # ... and its bytes so far, checked against max_message_bytes
         self.close_code: int | None = None
         self.close_reason = ""
 
@@ -117,7 +120,8 @@ class WsConnection:
         return cls(reader, writer, ws, config, early)
 
     def send_text(self, text: str) -> None:
-        """Write a text frame now (writes are tiny: subscribes, acks); dropped once closing."""
+        """Write a text frame now; dropped once closing. The client writes little (auth,
+        subscribe and unsubscribe frames), so there is no flow control on this side."""
         if self._ws.state is ConnectionState.OPEN and not self._writer.is_closing():
             self._writer.write(self._ws.send(TextMessage(text)))
 
@@ -125,26 +129,19 @@ class WsConnection:
         """Each complete text message and its size in bytes, until the connection ends;
         `close_code` then says how (ABNORMAL without a close frame). ClientError for a
         message over max_message_bytes, after closing with 1009."""
-        parts: list[str] = []
-        size = 0
         events: list[Event] = self._early
         while True:
             for event in events:
                 if isinstance(event, (TextMessage, BytesMessage)):
-                    size += len(event.data) if isinstance(event, BytesMessage) else 0
-                    if isinstance(event, TextMessage):
-                        parts.append(event.data)
-                        size += len(event.data.encode())
-                    if size > self._config.max_message_bytes:
+                    message = self._assemble(event)
+                    if message is _TOO_BIG:
                         await self.aclose(TOO_BIG, "message too big")
                         raise ClientError(
                             f"the server sent a message over {self._config.max_message_bytes}"
                             " bytes (ClientConfig.max_message_bytes)"
                         )
-                    if event.message_finished:
-                        if isinstance(event, TextMessage):  # binary is not rawrt's protocol
-                            yield "".join(parts), size
-                        parts, size = [], 0
+                    if message is not None:
+                        yield message
                 elif isinstance(event, Ping):
                     self._write(self._ws.send(event.response()))
                 elif isinstance(event, CloseConnection):
@@ -155,6 +152,21 @@ class WsConnection:
                 return
             self._ws.receive_data(data)
             events = list(self._ws.events())
+
+    def _assemble(self, event: TextMessage | BytesMessage) -> tuple[str, int] | None:
+        """A text message once its last fragment is in; _TOO_BIG past the limit. Binary
+        messages are counted and dropped: they are not part of rawrt's protocol."""
+        data = event.data
+        self._size += len(data.encode()) if isinstance(data, str) else len(data)
+        if self._size > self._config.max_message_bytes:
+            return _TOO_BIG
+        if isinstance(data, str):
+            self._parts.append(data)
+        if not event.message_finished:
+            return None
+        text, size = "".join(self._parts), self._size
+        self._parts, self._size = [], 0
+        return (text, size) if isinstance(event, TextMessage) else None
 
     async def _read(self) -> bytes | None:
         """The next bytes; None once the connection is over (close_code says how)."""
