@@ -38,8 +38,9 @@ pings for liveness) are in rawrt.client.transport.
 
 from __future__ import annotations
 
-from rawrt.client.api import Client, Subscription, Token, connect
+from rawrt.client.api import Client, Token, connect
 from rawrt.client.core import Event, Message, Reset
+from rawrt.client.subscription import Subscription
 from rawrt.config import ClientConfig
 from rawrt.errors import ClientError, Refused, Unreachable
 

@@ -22,12 +22,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Self
 
 from rawrt.client.core import Endpoint, Event, Feed, Message, Reset, State, backoff_delay
+from rawrt.client.subscription import Subscription
 from rawrt.client.transport import HttpPublisher, WsConnection, error_text
 from rawrt.config import ClientConfig
 from rawrt.errors import BadMessage, ClientError, Refused, Unreachable
 from rawrt.wire.envelope import canonical_json
 
-__all__ = ["Client", "Subscription", "Token", "connect"]
+__all__ = ["Client", "Token", "connect"]
 
 log = logging.getLogger("rawrt.client")
 
@@ -373,91 +374,3 @@ class Client:
             return token or ""
         value = token()
         return await value if inspect.isawaitable(value) else value
-
-
-class Subscription:
-    """One channel followed by a `Client`: an async iterator of `Message` and `Reset`.
-
-    Iterating raises the `ClientError` that ended it (Refused for this channel, or for the
-    whole client) once the events queued before it are taken; it stops when the subscription
-    or its client is closed.
-    """
-
-    def __init__(self, client: Client, feed: Feed) -> None:
-        self._client = client
-        self._feed = feed
-        self._wakeup = asyncio.Event()
-        self._confirmed = False
-        self._ended = False
-        self._busy_attempts = 0  # "Server busy" answers in a row
-        self._retry: asyncio.TimerHandle | None = None
-
-    @property
-    def channel(self) -> str:
-        return self._feed.channel
-
-    @property
-    def position(self) -> str | None:
-        """The id to resume from later: of the last event queued (or the channel's head)."""
-        return self._feed.position
-
-    @property
-    def pending(self) -> int:
-        """Events queued for the application now (an `anext` would not wait)."""
-        return self._feed.queued
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> Event:
-        while True:
-            event = self._feed.take()
-            if event is not None:
-                if self._feed.caught_up:
-                    self._client._send_subscribe(self._feed)
-                return event
-            if self._feed.error is not None:
-                raise self._feed.error
-            if self._ended:
-                raise StopAsyncIteration
-            self._wakeup.clear()
-            await self._wakeup.wait()
-
-    async def ready(self) -> None:
-        """Return once the server has confirmed the subscription (messages published from
-        then on will arrive); the subscription's ClientError if it failed first."""
-        while not self._confirmed:
-            if self._feed.error is not None:
-                raise self._feed.error
-            if self._ended:
-                raise ClientError("the subscription was closed")
-            self._wakeup.clear()
-            await self._wakeup.wait()
-
-    def close(self) -> None:
-        """Unsubscribe; iteration stops once the queued events are taken."""
-        self._client._forget(self)
-        self._end()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def _end(self) -> None:
-        self._ended = True
-        if self._retry is not None:
-            self._retry.cancel()
-        self._wake()
-
-    def _retry_later(self, config: ClientConfig, rng: random.Random) -> None:
-        delay = backoff_delay(self._busy_attempts, config.backoff_min_s, config.backoff_max_s, rng)
-        self._busy_attempts += 1
-        if self._retry is not None:
-            self._retry.cancel()
-        loop = asyncio.get_running_loop()
-        self._retry = loop.call_later(delay, self._client._resubscribe, self)
-
-    def _wake(self) -> None:
-        self._wakeup.set()
