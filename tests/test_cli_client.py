@@ -118,7 +118,11 @@ async def test_pub_publishes_each_stdin_line_and_prints_each_id(server: rawrt.Se
     epoch = ids[0].rpartition("-")[0]
     response = await request(server.port, "GET", f"/api/poll/news?since={epoch}-0&timeout=0")
     assert response.status == 200
-    assert response.json() == {"messages": [{"a": 1}, [2, 3], "four"], "cursor": ids[-1]}
+    assert response.json() == {
+        "messages": [{"a": 1}, [2, 3], "four"],
+        "ids": ids,  # each printed id is the id of the line published
+        "cursor": ids[-1],
+    }
 
 
 async def test_pub_publishes_its_json_argument(server: rawrt.Server) -> None:
