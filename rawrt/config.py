@@ -379,6 +379,10 @@ class ClientConfig:
     # the gap, or says `Reset` if it no longer can. A slow reader costs this much, no more.
     queue_size: int = 1000
     queue_max_bytes: int = 8 * MIB
+    # A token from a getter is replaced this long before its exp (an auth frame on the open
+    # socket), so the server never closes the socket for it; a token that lives less than
+    # twice this is replaced halfway through its life.
+    token_refresh_s: float = 10.0
 
     def __post_init__(self) -> None:
         for problem in _client_problems(self):

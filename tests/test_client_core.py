@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from support import CORE, QUIET_PATCH_WRITER
 
+from rawrt.client.auth import refresh_delay
 from rawrt.client.core import Endpoint, Feed, Message, Reset, State, backoff_delay
 
 pytestmark = QUIET_PATCH_WRITER
@@ -158,3 +159,15 @@ def test_endpoint_from_url(
 def test_endpoint_refuses_what_is_not_a_server_url(url: str) -> None:
     with pytest.raises(ValueError):
         Endpoint.parse(url)
+
+
+@pytest.mark.parametrize(
+    ("exp", "delay"),
+    [
+        (1000.0 + 3600, 3590.0),  # a long token: token_refresh_s before it expires
+        (1000.0 + 12, 6.0),  # a short one: halfway through what is left
+        (1000.0 - 5, 0.0),  # already gone: at once
+    ],
+)
+def test_a_getters_token_is_refreshed_before_it_expires(exp: float, delay: float) -> None:
+    assert refresh_delay(exp, 1000.0, 10.0) == delay

@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+from typing import Any
 
 import pytest
 
@@ -79,29 +80,58 @@ async def test_without_a_token_a_subscription_is_refused_and_a_key_publishes(
         assert caught.value.status == 401
 
 
+async def publish_until(
+    server: rawrt.Server, sub: rawrt.client.Subscription, done: Any, limit: int = 10_000
+) -> tuple[list[str], list[str]]:
+    """Publish one message at a time, each received before the next, until `done()` (or
+    `limit` messages)."""
+    sent: list[str] = []
+    got: list[str] = []
+    deadline = time.monotonic() + 15.0
+    for n in range(limit):
+        if done() or time.monotonic() > deadline:
+            break
+        sent.append(await server.publish("news", n))
+        got += [event.id for event in await take(sub, 1)]
+        await asyncio.sleep(0.02)  # pacing only: each message was received already
+    return sent, got
+
+
 @pytest.mark.parametrize("server", [LOCKED], indirect=True)
-async def test_an_expiring_token_is_refreshed_through_the_getter_losing_nothing(
+async def test_a_getters_token_is_refreshed_in_band_before_it_expires(
     server: rawrt.Server,
 ) -> None:
     issued: list[str] = []
 
     async def fresh() -> str:
-        issued.append(token(ttl_s=1.5))
+        issued.append(token(ttl_s=3.0))  # replaced halfway through its life
         return issued[-1]
 
     async with rawrt.client.connect(server.url, token=fresh, config=FAST) as client:
         sub = client.subscribe("news")
         await asyncio.wait_for(sub.ready(), STEP_S)
-        sent, got = [], []
-        deadline = time.monotonic() + 15.0
-        for n in range(1000):  # publish across at least two expiries
-            if client.connections >= 3 or time.monotonic() > deadline:
-                break
-            sent.append(await server.publish("news", n))
-            got += await take(sub, 1)
-            await asyncio.sleep(0.02)
-        assert client.connections >= 3 and len(issued) >= 3
-    assert [event.id for event in got] == sent
+        sent, got = await publish_until(server, sub, lambda: len(issued) >= 3)
+        assert len(issued) >= 3 and client.connections == 1  # no socket closed for it
+    assert got == sent
+
+
+@pytest.mark.parametrize("server", [LOCKED], indirect=True)
+async def test_a_refused_refresh_reconnects_with_the_getters_next_token_losing_nothing(
+    server: rawrt.Server,
+) -> None:
+    issued: list[str] = []
+
+    def fresh() -> str:  # a plain function works as well as a coroutine
+        issued.append("not-a-token" if len(issued) == 1 else token(ttl_s=3.0))
+        return issued[-1]
+
+    async with rawrt.client.connect(server.url, token=fresh, config=FAST) as client:
+        sub = client.subscribe("news")
+        await asyncio.wait_for(sub.ready(), STEP_S)
+        sent, got = await publish_until(server, sub, lambda: client.connections >= 2)
+        sent2, got2 = await publish_until(server, sub, lambda: False, limit=5)
+        assert client.connections == 2 and issued[1] == "not-a-token"
+    assert got + got2 == sent + sent2
 
 
 @pytest.mark.parametrize("server", [LOCKED], indirect=True)

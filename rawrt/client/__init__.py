@@ -38,7 +38,8 @@ pings for liveness) are in rawrt.client.transport.
 
 from __future__ import annotations
 
-from rawrt.client.api import Client, Token, connect
+from rawrt.client.api import Client, connect
+from rawrt.client.auth import Token
 from rawrt.client.core import Event, Message, Reset
 from rawrt.client.subscription import Subscription
 from rawrt.config import ClientConfig

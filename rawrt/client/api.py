@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
 import logging
 import random
 import ssl
+import time
 from collections import deque
-from collections.abc import Awaitable, Callable
 from typing import Any, Self
 
+from rawrt.client.auth import Token, TokenSource, refresh_delay
 from rawrt.client.core import Endpoint, Event, Feed, Message, Reset, State, backoff_delay
 from rawrt.client.subscription import Subscription
 from rawrt.client.transport import HttpPublisher, WsConnection, error_text
@@ -28,11 +28,9 @@ from rawrt.config import ClientConfig
 from rawrt.errors import BadMessage, ClientError, Refused, Unreachable
 from rawrt.wire.envelope import canonical_json
 
-__all__ = ["Client", "Token", "connect"]
+__all__ = ["Client", "connect"]
 
 log = logging.getLogger("rawrt.client")
-
-Token = str | Callable[[], str | Awaitable[str]]
 
 # Error frames that mean "not now": the server cannot serve this subscription yet (every
 # channel slot is busy, the backplane is down). That subscription alone is retried with
@@ -80,7 +78,7 @@ class Client:
         if ssl_context is None and self._endpoint.secure:
             ssl_context = ssl.create_default_context()
         self._ssl = ssl_context
-        self._token = token
+        self._token = TokenSource(token)
         self._key = key
         self._subs: dict[str, Subscription] = {}
         self._conn: WsConnection | None = None
@@ -89,6 +87,8 @@ class Client:
         self._awaiting: deque[str] = deque()
         self._task: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
+        self._refresh: asyncio.TimerHandle | None = None  # the next in-band token refresh
+        self._refreshing: asyncio.Task[None] | None = None
         self._failure: ClientError | None = None  # why the server refused us for good
         self._rng = random.Random()
         self._publisher = HttpPublisher(self._endpoint, self._ssl, self.config)
@@ -160,8 +160,8 @@ class Client:
         headers = []
         if self._key is not None:
             headers.append(("X-API-Key", self._key))
-        elif self._token is not None:
-            headers.append(("Authorization", f"Bearer {await self._token_now()}"))
+        elif self._token.present:
+            headers.append(("Authorization", f"Bearer {await self._token.get()}"))
         target = self._endpoint.publish_target(channel)
         status, answer = await self._publisher.post(target, body, headers)
         if status != 200:
@@ -176,9 +176,9 @@ class Client:
     async def _open(self) -> WsConnection:
         conn = await WsConnection.open(self._endpoint, self._ssl, self.config)
         self.connections += 1
-        if self._token is not None:
+        if self._token.present:
             try:
-                token = await self._token_now()
+                token = await self._token.get()
             except Exception as exc:  # the application's getter: retried like the network
                 await conn.aclose()
                 raise Unreachable(f"the token getter failed: {exc!r}") from exc
@@ -230,14 +230,14 @@ class Client:
 
     def _retryable(self, status: int) -> bool:
         if status == 401 or status == UNAUTHORIZED_CLOSE:
-            return callable(self._token)  # a getter may have a fresh token next time
+            return self._token.refreshable  # a getter may have a fresh token next time
         return status >= 500 or status in _RETRY_STATUS
 
     async def _serve(self, conn: WsConnection) -> ClientError | None:
         """Run `conn` until it ends; the error that ends the client, or None to reconnect."""
         self._conn = conn
         self._awaiting.clear()
-        if self._token is not None:
+        if self._token.present:
             self._awaiting.append(_AUTH)  # _open sent it first: its answer comes first
         for sub in self._subs.values():
             if sub._feed.state in (State.IDLE, State.WAITING):
@@ -256,11 +256,12 @@ class Client:
             raise
         finally:
             self._conn = None
+            self._stop_refresh()
             for sub in self._subs.values():
                 sub._feed.disconnected()
         code = conn.close_code
         log.info("connection closed (%s %s); reconnecting", code, conn.close_reason)
-        if code == UNAUTHORIZED_CLOSE and not callable(self._token):
+        if code == UNAUTHORIZED_CLOSE and not self._token.refreshable:
             return Refused(code, conn.close_reason or "token refused")
         if code in _FATAL_CLOSE:
             return Refused(code, conn.close_reason or "refused by the server's policy")
@@ -295,8 +296,8 @@ class Client:
                 self._on_subscribed(frame["channel"], frame["id"])
             elif kind == "error":
                 return self._on_error(frame)
-            elif kind == "authenticated" and self._awaiting and self._awaiting[0] == _AUTH:
-                self._awaiting.popleft()
+            elif kind == "authenticated":
+                self._on_authenticated(float(frame["exp"]))
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring a frame the client cannot read (%s): %.200s", exc, text)
         return None  # pong, unsubscribed, authenticated: nothing to do
@@ -334,7 +335,7 @@ class Client:
         log.warning("the server says %s: %s (channel %r)", data, reason, channel)
         if channel == _AUTH:
             return None  # a server without tokens refuses the auth frame: it needs none
-        if data == "Unauthorized" and callable(self._token):
+        if data == "Unauthorized" and self._token.refreshable:
             return True  # reconnect after backoff, with a fresh token
         sub = self._subs.get(channel) if channel is not None else None
         if sub is not None and data in _BUSY:
@@ -347,6 +348,38 @@ class Client:
             sub._feed.refused(status, reason)
             sub._wake()
         return None
+
+    # --- in-band token refresh ------------------------------------------------------------
+
+    def _on_authenticated(self, exp_s: float) -> None:
+        if self._awaiting and self._awaiting[0] == _AUTH:
+            self._awaiting.popleft()
+        if self._token.refreshable and self._conn is not None:
+            self._stop_refresh()
+            delay = refresh_delay(exp_s, time.time(), self.config.token_refresh_s)
+            loop = asyncio.get_running_loop()
+            self._refresh = loop.call_later(delay, self._start_refresh, self._conn)
+
+    def _start_refresh(self, conn: WsConnection) -> None:
+        self._refreshing = asyncio.create_task(self._send_fresh_token(conn))
+
+    async def _send_fresh_token(self, conn: WsConnection) -> None:
+        try:
+            token = await self._token.get()
+        except Exception as exc:  # the server closes at expiry; the reconnect asks again
+            log.warning("the token getter failed (%r); the token will expire", exc)
+            return
+        if self._conn is conn:
+            self._awaiting.append(_AUTH)
+            conn.send_text(json.dumps({"type": "auth", "token": token}))
+
+    def _stop_refresh(self) -> None:
+        if self._refresh is not None:
+            self._refresh.cancel()
+            self._refresh = None
+        if self._refreshing is not None and self._refreshing is not asyncio.current_task():
+            self._refreshing.cancel()
+        self._refreshing = None
 
     # --- helpers for subscriptions ---------------------------------------------------------
 
@@ -367,10 +400,3 @@ class Client:
             del self._subs[sub.channel]
             if self._conn is not None:
                 self._conn.send_text(sub._feed.unsubscribe())
-
-    async def _token_now(self) -> str:
-        token = self._token
-        if token is None or isinstance(token, str):
-            return token or ""
-        value = token()
-        return await value if inspect.isawaitable(value) else value
