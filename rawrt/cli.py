@@ -116,7 +116,10 @@ def _option_type(default: Any) -> Callable[[str], Any]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="rawrt", description="A lean real-time server: WebSocket, SSE and long polling."
+        prog="rawrt",
+        description="A lean real-time server: WebSocket, SSE and long polling.",
+        epilog="Other commands: `rawrt serve` (the same as `rawrt`), `rawrt sub CHANNEL...`, "
+        "`rawrt pub CHANNEL [JSON]`, `rawrt token`; each takes --help.",
     )
     parser.add_argument("--version", action="version", version=f"rawrt {__version__}")
     for field in dataclasses.fields(Config):
