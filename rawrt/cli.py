@@ -5,6 +5,8 @@ the environment (`RAWRT_HISTORY_SIZE`); the command line wins over the environme
 
 `rawrt token --sub USER --channels PATTERNS --publish PATTERNS --ttl SECONDS` prints an HS256
 token signed with the configured secret, for development and tests.
+`rawrt serve ...` is the same as `rawrt ...`; `rawrt sub` and `rawrt pub` are the client's
+commands (rawrt.cli_client).
 """
 
 from __future__ import annotations
@@ -120,7 +122,10 @@ def _option_type(default: Any) -> Callable[[str], Any]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="rawrt", description="A lean real-time server: WebSocket, SSE and long polling."
+        prog="rawrt",
+        description="A lean real-time server: WebSocket, SSE and long polling.",
+        epilog="Other commands: `rawrt serve` (the same as `rawrt`), `rawrt sub CHANNEL...`, "
+        "`rawrt pub CHANNEL [JSON]`, `rawrt token`; each takes --help.",
     )
     parser.add_argument("--version", action="version", version=f"rawrt {__version__}")
     for field in dataclasses.fields(Config):
@@ -244,6 +249,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["token"]:
         return token_command(args[1:])
+    if args[:1] in (["sub"], ["pub"]):  # the client commands; the server never imports them
+        from rawrt.cli_client import main as client_main
+
+        return client_main(args)
+    if args[:1] == ["serve"]:  # `rawrt serve ...` is `rawrt ...`
+        args = args[1:]
     try:
         config = parse_config(args)
     except ConfigError as exc:

@@ -14,7 +14,7 @@ from rawrt import access
 from rawrt.errors import ConfigError
 from rawrt.netpolicy import TrustedProxies
 
-__all__ = ["Config", "ConfigError", "demo_enabled", "redis_address", "redis_urls"]
+__all__ = ["ClientConfig", "Config", "ConfigError", "demo_enabled", "redis_address", "redis_urls"]
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -372,4 +372,63 @@ def _network_problems(c: Config) -> list[str]:
         found.append(str(exc))
     if bool(c.tls_cert) != bool(c.tls_key):
         found.append("tls_cert and tls_key go together: give both files, or neither")
+    return found
+
+
+# --- the Python client (rawrt.client) ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    """Every bound and timing of a `rawrt.client` connection, each with its reason.
+
+    Separate from `Config`: these are a client's choices, not a server's options.
+    """
+
+    # Reconnect delays: full jitter between backoff_min_s and min(backoff_max_s,
+    # backoff_min_s * 2**attempt), so a restarted server is not met by one synchronized storm.
+    backoff_min_s: float = 0.5
+    backoff_max_s: float = 20.0
+    # A connection that stayed open this long was stable: the next delay starts small again.
+    backoff_reset_s: float = 10.0
+    # TCP connect, TLS and the WebSocket handshake together; a server that takes longer is
+    # treated as down (and retried).
+    connect_timeout_s: float = 10.0
+    # Silence this long makes the client ping the server (RFC 6455 §5.5.2) ...
+    ping_interval_s: float = 20.0
+    # ... and a server that still says nothing this long after the ping is dead: reconnect.
+    ping_timeout_s: float = 10.0
+    # A whole HTTP publish (connect, request, answer); longer and it fails as unreachable.
+    request_timeout_s: float = 10.0
+    # Largest server message the client takes; a server's messages carry data of at most its
+    # max_body_bytes (1 MiB by default), so 16 MiB leaves room for servers configured larger.
+    # A larger message closes the connection with 1009 and fails the client.
+    max_message_bytes: int = 16 * MIB
+    # Largest HTTP answer read (a publish answer or a refused handshake's error body).
+    max_response_bytes: int = 64 * KIB
+    # Events of one subscription waiting for the application, in count and bytes. Past either
+    # bound the client stops taking that channel (it unsubscribes) and resubscribes from its
+    # last queued id once the application has caught up halfway: the server's history fills
+    # the gap, or says `Reset` if it no longer can. A slow reader costs this much, no more.
+    queue_size: int = 1000
+    queue_max_bytes: int = 8 * MIB
+    # A token from a getter is replaced this long before its exp (an auth frame on the open
+    # socket), so the server never closes the socket for it; a token that lives less than
+    # twice this is replaced halfway through its life.
+    token_refresh_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        for problem in _client_problems(self):
+            raise ConfigError(problem)
+
+
+def _client_problems(c: ClientConfig) -> list[str]:
+    """Every inconsistency in `c`, as sentences; empty when it is sound."""
+    found = [
+        f"{field.name} must be positive, not {getattr(c, field.name)!r}"
+        for field in dataclasses.fields(c)
+        if not getattr(c, field.name) > 0  # written so that NaN fails too
+    ]
+    if c.backoff_min_s > c.backoff_max_s:
+        found.append("backoff_min_s must not exceed backoff_max_s")
     return found

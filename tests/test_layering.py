@@ -28,6 +28,7 @@ CORE = sorted(
         PACKAGE / "access.py",
         PACKAGE / "tokens.py",
         PACKAGE / "netpolicy.py",
+        PACKAGE / "client" / "core.py",  # the client's feeds: sans-I/O like the server's core
     ]
     + [p for p in (PACKAGE / "wire").glob("*.py")]
 )
