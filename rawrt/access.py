@@ -161,13 +161,14 @@ _DEFAULT_PORTS = {"https": ":443", "http": ":80", "wss": ":443", "ws": ":80"}
 class AccessPolicy:
     """The decisions of one server's configuration. Build it once, at start."""
 
-    __slots__ = ("_origins", "_public", "_publish_keys", "_tokens")
+    __slots__ = ("_metrics_key", "_origins", "_public", "_publish_keys", "_tokens")
 
     def __init__(self, config: Config, public_key_pem: str | None = None) -> None:
         """`public_key_pem`: the text of the file `config.jwt_public_key` names."""
         if bool(config.jwt_public_key) != (public_key_pem is not None):
             raise ConfigError("jwt_public_key: the PEM text must be read and handed in")
         self._publish_keys = tuple(key.encode() for key in split_list(config.publish_key))
+        self._metrics_key = config.metrics_key.encode()
         self._tokens = TokenVerifier(
             config.jwt_secret,
             public_key_pem,
@@ -243,6 +244,16 @@ class AccessPolicy:
             raise Unauthorized(
                 "publishing here needs a publish key or a token", invalid_token=False
             )
+
+    def check_metrics(self, headers: Headers) -> None:
+        """A scrape: the metrics key, when one is configured (never a publish key or token)."""
+        if not self._metrics_key:
+            return
+        presented = _bearer(headers) or _header(headers, b"x-api-key")
+        if presented is None:
+            raise Unauthorized("reading the metrics needs the metrics key", invalid_token=False)
+        if not hmac.compare_digest(presented, self._metrics_key):
+            raise Unauthorized("the metrics key is wrong", invalid_token=True)
 
     def subscriber_grant(
         self, headers: Headers, query: Mapping[str, str], channel: str, now: float

@@ -11,6 +11,8 @@ default and the variable are added to it.
 
 `rawrt token --sub USER --channels PATTERNS --publish PATTERNS --ttl SECONDS` prints an HS256
 token signed with the configured secret, for development and tests.
+`rawrt serve ...` is the same as `rawrt ...`; `rawrt sub` and `rawrt pub` are the client's
+commands (rawrt.cli_client).
 """
 
 from __future__ import annotations
@@ -127,6 +129,12 @@ HELP = {
     "drain_delay_s": "seconds /readyz answers 503 after SIGTERM before any connection closes",
     "drain_s": "seconds over which a drain closes the open connections, evenly (0 = all at "
     "once); a second SIGTERM or SIGINT cuts it short",
+    "metrics": "serve Prometheus metrics at GET /metrics (true or false)",
+    "metrics_key": "key a scraper must send to read /metrics (Authorization: Bearer KEY or "
+    "X-API-Key: KEY), 16 characters or more; anyone may read when empty; prefer the env var",
+    "metrics_host": "address of a listener of its own for /metrics, which then is served "
+    "only there; empty serves it on the main listener",
+    "metrics_port": "TCP port of --metrics-host; 0 picks a free one (the log line names it)",
 }
 # Short option names users expect; the long forms stay valid.
 ALIASES = {
@@ -166,7 +174,11 @@ def _parse_bool(text: str) -> bool:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="rawrt", description="A lean real-time server: WebSocket, SSE and long polling."
+        prog="rawrt",
+        description="A lean real-time server: WebSocket, SSE and long polling.",
+        epilog="Other commands: `rawrt serve` (the same as `rawrt`), `rawrt sub CHANNEL...`, "
+        "`rawrt pub CHANNEL [JSON]`, `rawrt token`, `rawrt config check FILE | show`; each "
+        "takes --help.",
     )
     parser.add_argument("--version", action="version", version=f"rawrt {__version__}")
     parser.add_argument(
@@ -249,13 +261,14 @@ def config_command(argv: Sequence[str], environ: dict[str, str] | None = None) -
             return 2
         print(configfile.show(config), end="")
         return 0
+    asked = argv[:1] in (["--help"], ["-h"])
     print(
         "usage: rawrt config check FILE | rawrt config show [OPTIONS]\n"
         "  check: is FILE a valid configuration on its own?\n"
         "  show: the effective configuration (file < env < flags), secrets masked",
-        file=sys.stderr,
+        file=sys.stdout if asked else sys.stderr,
     )
-    return 2
+    return 0 if asked else 2
 
 
 async def _serve(config: Config) -> None:
@@ -346,6 +359,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return token_command(args[1:])
     if args[:1] == ["config"]:
         return config_command(args[1:])
+    if args[:1] in (["sub"], ["pub"]):  # the client commands; the server never imports them
+        from rawrt.cli_client import main as client_main
+
+        return client_main(args)
+    if args[:1] == ["serve"]:  # `rawrt serve ...` is `rawrt ...`
+        args = args[1:]
     try:
         config = parse_config(args)
     except ConfigError as exc:

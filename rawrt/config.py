@@ -14,7 +14,7 @@ from rawrt import access
 from rawrt.errors import ConfigError
 from rawrt.netpolicy import TrustedProxies
 
-__all__ = ["Config", "ConfigError", "demo_enabled", "redis_address", "redis_urls"]
+__all__ = ["ClientConfig", "Config", "ConfigError", "demo_enabled", "redis_address", "redis_urls"]
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -35,6 +35,19 @@ class Config:
     # publishes is an invitation an open development server can afford and a production one
     # should not make by default.
     demo: bool | None = None
+    # Prometheus metrics at GET /metrics (rawrt.metrics). Counting happens either way (plain
+    # ints, per flush); this says whether they are served.
+    metrics: bool = True
+    # A key a scraper must present (`Authorization: Bearer K` or `X-API-Key: K`; Prometheus's
+    # `authorization` setting sends the first); empty: anyone who reaches /metrics may read.
+    # Not the publish key: a scraper's credential must not be able to publish.
+    metrics_key: str = field(default="", repr=False)
+    # An address of its own for /metrics (an internal interface, say), then served there only
+    # and no longer on the main listener; empty: on the main listener.
+    metrics_host: str = ""
+    # ... and its port (0 picks a free one, named in the log; with workers give one: they
+    # share it as they share the main port).
+    metrics_port: int = 0
 
     # --- access control (rawrt.access; all off by default: an open development server) ------
     # Keys that may publish over HTTP (`Authorization: Bearer K` or `X-API-Key: K`), comma-
@@ -285,6 +298,7 @@ def _problems(c: Config) -> list[str]:
     if c.echo_path is not None and not c.echo_path.startswith("/"):
         found.append("echo_path must start with '/'")
     found.extend(_network_problems(c))
+    found.extend(_metrics_problems(c))
     if c.workers > 1 and not (c.redis_url or c.redis_master):
         found.append("workers > 1 needs redis_url or redis_master: processes share channels")
     found += _redis_problems(c)
@@ -360,6 +374,25 @@ def _redis_url_problems(text: str) -> list[str]:
     return found
 
 
+def _metrics_problems(c: Config) -> list[str]:
+    found: list[str] = []
+    if not 0 <= c.metrics_port <= 65535:
+        found.append(f"metrics_port must be in 0..65535, not {c.metrics_port}")
+    if c.metrics_port and not c.metrics_host:
+        found.append("metrics_port needs metrics_host: the address /metrics is served on")
+    if c.metrics_host and c.workers > 1 and not c.metrics_port:
+        found.append("metrics_host with workers > 1 needs a metrics_port all workers share")
+    key = c.metrics_key
+    if key and (len(key) < access.MIN_PUBLISH_KEY_CHARS or not all("!" <= ch <= "~" for ch in key)):
+        found.append(
+            f"metrics_key must be at least {access.MIN_PUBLISH_KEY_CHARS} visible ASCII "
+            "characters (no spaces)"
+        )
+    if key and key in access.split_list(c.publish_key):
+        found.append("metrics_key must differ from every publish_key")
+    return found
+
+
 def _network_problems(c: Config) -> list[str]:
     """Trusted proxies that do not parse; TLS files given one without the other."""
     found: list[str] = []
@@ -369,4 +402,63 @@ def _network_problems(c: Config) -> list[str]:
         found.append(str(exc))
     if bool(c.tls_cert) != bool(c.tls_key):
         found.append("tls_cert and tls_key go together: give both files, or neither")
+    return found
+
+
+# --- the Python client (rawrt.client) ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    """Every bound and timing of a `rawrt.client` connection, each with its reason.
+
+    Separate from `Config`: these are a client's choices, not a server's options.
+    """
+
+    # Reconnect delays: full jitter between backoff_min_s and min(backoff_max_s,
+    # backoff_min_s * 2**attempt), so a restarted server is not met by one synchronized storm.
+    backoff_min_s: float = 0.5
+    backoff_max_s: float = 20.0
+    # A connection that stayed open this long was stable: the next delay starts small again.
+    backoff_reset_s: float = 10.0
+    # TCP connect, TLS and the WebSocket handshake together; a server that takes longer is
+    # treated as down (and retried).
+    connect_timeout_s: float = 10.0
+    # Silence this long makes the client ping the server (RFC 6455 §5.5.2) ...
+    ping_interval_s: float = 20.0
+    # ... and a server that still says nothing this long after the ping is dead: reconnect.
+    ping_timeout_s: float = 10.0
+    # A whole HTTP publish (connect, request, answer); longer and it fails as unreachable.
+    request_timeout_s: float = 10.0
+    # Largest server message the client takes; a server's messages carry data of at most its
+    # max_body_bytes (1 MiB by default), so 16 MiB leaves room for servers configured larger.
+    # A larger message closes the connection with 1009 and fails the client.
+    max_message_bytes: int = 16 * MIB
+    # Largest HTTP answer read (a publish answer or a refused handshake's error body).
+    max_response_bytes: int = 64 * KIB
+    # Events of one subscription waiting for the application, in count and bytes. Past either
+    # bound the client stops taking that channel (it unsubscribes) and resubscribes from its
+    # last queued id once the application has caught up halfway: the server's history fills
+    # the gap, or says `Reset` if it no longer can. A slow reader costs this much, no more.
+    queue_size: int = 1000
+    queue_max_bytes: int = 8 * MIB
+    # A token from a getter is replaced this long before its exp (an auth frame on the open
+    # socket), so the server never closes the socket for it; a token that lives less than
+    # twice this is replaced halfway through its life.
+    token_refresh_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        for problem in _client_problems(self):
+            raise ConfigError(problem)
+
+
+def _client_problems(c: ClientConfig) -> list[str]:
+    """Every inconsistency in `c`, as sentences; empty when it is sound."""
+    found = [
+        f"{field.name} must be positive, not {getattr(c, field.name)!r}"
+        for field in dataclasses.fields(c)
+        if not getattr(c, field.name) > 0  # written so that NaN fails too
+    ]
+    if c.backoff_min_s > c.backoff_max_s:
+        found.append("backoff_min_s must not exceed backoff_max_s")
     return found

@@ -97,6 +97,7 @@ class HttpConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(config.write_high_water, config.write_low_water)
         self._identify(transport)
         if not self._host.admit(self):
+            self._host.counts.refuse("http", 503)
             transport.write(http.error_response(503, AT_CAPACITY))
             transport.close()
             self._transport = None
@@ -248,6 +249,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _error_reply(self, exc: HttpError, request: Request) -> bytes:
         # The whole request has been read, so the connection can go on after this.
+        self._host.counts.refuse("http", exc.status)
         headers = (*exc.headers, *self._host.cors_for(request.headers))
         return http.error_response(
             exc.status, exc.detail, headers=headers, keep_alive=request.keep_alive
@@ -324,6 +326,7 @@ class HttpConnection(asyncio.Protocol):
             log.error("bug answering request: %s", exc)
         if self._host.config.access_log:
             self._log_refusal(exc.status)
+        self._host.counts.refuse("http", exc.status)
         self._request = None
         self._transport.write(http.error_response(exc.status, exc.detail, headers=exc.headers))
         self._transport.close()

@@ -15,7 +15,11 @@ to the router and to each `HttpConnection`.
                   registry
     StreamHost    an event stream: config, hub, the registry
     PollHost      a parked long poll: the hub, and an HttpHost to hand a kept-alive socket back
-    RouterHost    the router: all of the above (it starts every transport) and readiness
+    RouterHost    the router: all of the above (it starts every transport), readiness and
+                  the metrics' text
+
+The HTTP driver and a WebSocket count what they refuse, and the router what is published, in
+the host's `counts` (rawrt.counts).
 
 The registry side is `Session` (what shutdown needs of any open connection, and the client
 address it counts for), with `PingedSession` and `StreamSession` for the two kinds the
@@ -37,6 +41,7 @@ from typing import Protocol
 
 from rawrt.access import AccessPolicy
 from rawrt.config import Config
+from rawrt.counts import Counts
 from rawrt.hub import Hub
 from rawrt.netpolicy import TrustedProxies
 from rawrt.presence import Presence
@@ -160,6 +165,11 @@ class HttpHost(Protocol):
     def router(self) -> Resolver: ...
     @property
     def trusted_proxies(self) -> TrustedProxies: ...
+    @property
+    def counts(self) -> Counts:
+        """Where refusals, publishes and long-poll bytes are counted (rawrt.counts)."""
+        ...
+
     def admit(self, conn: Session) -> bool:
         """Register a new connection, unless the server (or its client's allowance) is
         full, or the server is stopping."""
@@ -190,6 +200,8 @@ class SocketHost(Protocol):
         ...
 
     def publish_json(self, channel: str, data_json: str) -> str | asyncio.Future[str]: ...
+    @property
+    def counts(self) -> Counts: ...
     def register_socket(self, ws: PingedSession) -> None: ...
     def forget(self, conn: Session) -> None: ...
 
@@ -216,4 +228,8 @@ class RouterHost(SocketHost, StreamHost, PollHost, Protocol):
 
     def presence(self, channel: str) -> Presence | asyncio.Future[Presence]:
         """Who is subscribed to `channel` on every node, or a future of it."""
+        ...
+
+    def scrape(self) -> bytes | None:
+        """The metrics in the Prometheus text format; None when they are off."""
         ...

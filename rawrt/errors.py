@@ -12,8 +12,12 @@
     │                        frame, and the connection stays open
     ├── BackplaneUnavailable publishing is impossible right now: 503
     ├── HubFull              every channel slot is busy: 503, or an error frame
-    └── NotAttached          a channel not yet synced from the backplane: 503, or an error
-                             frame
+    ├── NotAttached          a channel not yet synced from the backplane: 503, or an error
+    │                        frame
+    └── ClientError          raised by rawrt.client to the application using it
+        ├── Unreachable      no connection to the server (refused, reset, timed out)
+        └── Refused          the server answered no: an HTTP status, a close code or an error
+                             frame, with the server's own words
 
 Bad peer input is always one of these, classified at the point it is found; it never escapes a
 connection. Any other exception is a bug in rawrt: it is logged with the connection id and
@@ -26,13 +30,16 @@ __all__ = [
     "AccessDenied",
     "BackplaneUnavailable",
     "BadMessage",
+    "ClientError",
     "ConfigError",
     "Forbidden",
     "HttpError",
     "HubFull",
     "NotAttached",
     "RawrtError",
+    "Refused",
     "Unauthorized",
+    "Unreachable",
     "WebSocketClose",
 ]
 
@@ -124,4 +131,27 @@ class Forbidden(AccessDenied):
             else ()
         )
         super().__init__(403, detail, headers=headers)
+        self.channel = channel
+
+
+# --- the client's errors (rawrt.client raises them; the server never does) ----------------------
+
+
+class ClientError(RawrtError):
+    """Something a `rawrt.client` connection cannot get past on its own."""
+
+
+class Unreachable(ClientError):
+    """The server could not be reached: the connection failed, was reset or timed out."""
+
+
+class Refused(ClientError):
+    """The server said no; `status` is the HTTP status or the WebSocket close code, `detail`
+    the server's error text, `channel` the subscription it concerns (None for all)."""
+
+    def __init__(self, status: int, detail: str, *, channel: str | None = None) -> None:
+        where = f" (channel {channel!r})" if channel is not None else ""
+        super().__init__(f"{status} {detail}{where}")
+        self.status = status
+        self.detail = detail
         self.channel = channel

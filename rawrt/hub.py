@@ -24,6 +24,12 @@ from before its position and a returning reader never misses one.
 
 The hub never touches a socket, a clock or the event loop: writes go through the callables
 subscribers hand in, time comes in as arguments, and flushing is scheduled by the caller.
+
+What it has done is counted in plain int attributes (`delivered`, `delivered_bytes`,
+`resets`, `pauses`, and `subscriptions` now) that rawrt.metrics reads at scrape time. The
+fan-out counts are bumped once per channel and transport kind per flush (the loop already
+knows how many it wrote to), never per subscriber write, so counting costs the hot path
+nothing it can measure; the subscriptions once per subscribe, park and their ends.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from rawrt.wire import envelope, sse, wsframe
 from rawrt.wire.ids import parse_id, to_base36
 
 __all__ = [
+    "POLL",
     "Entry",
     "Hub",
     "HubFull",
@@ -60,6 +67,16 @@ __all__ = [
     "Subscription",
     "Waiter",
 ]
+
+
+# Index of long polls in `Hub.delivered`, after the Kind values (WS, SSE).
+POLL = 2
+# Why a reader got a reset (the keys of `Hub.resets`): its position fell behind what the
+# history still holds, or it names another lifetime of the history (a server restart, a
+# Redis that lost its keys, an id that is not this channel's at all).
+BEHIND, EPOCH = "behind", "epoch"
+# The cursor of a paused reader whose channel started a new epoch: no log holds it.
+_NEW_EPOCH = -1
 
 
 class Hub:
@@ -84,6 +101,15 @@ class Hub:
         self._dirty: list[Channel] = []
         self._created = 0
         self.total_bytes = 0
+        # Counted for rawrt.metrics (module docstring): messages handed out, by Kind and then
+        # POLL; bytes written, by Kind (a poll's response bytes are its transport's to count).
+        self.delivered = [0, 0, 0]
+        self.delivered_bytes = [0, 0]
+        self.resets = {BEHIND: 0, EPOCH: 0}
+        self.pauses = 0  # a live subscriber's socket pushed back
+        # Subscriptions now, by Kind and then POLL (parked polls): kept on every subscribe and
+        # park rather than walked over every channel at each scrape.
+        self.subscriptions = [0, 0, 0]
 
     # --- channels --------------------------------------------------------------------------
 
@@ -257,11 +283,14 @@ class Hub:
         ch.epoch = epoch
         self._fill(ch, entries[0].seq - 1 if entries else head, [])
         for live in ch.live:
+            self.resets[EPOCH] += len(live)
             for sub, write in tuple(live.items()):
                 write(reset_bytes(ch, sub.kind))
         for sub in ch.paused:
-            sub.cursor = -1  # no log holds -1: the resume writes a reset
+            sub.cursor = _NEW_EPOCH  # no log holds it: the resume writes a reset
         if ch.parked:
+            self.resets[EPOCH] += len(ch.parked)
+            self.subscriptions[POLL] -= len(ch.parked)
             parked, ch.parked = ch.parked, {}
             answer = PollAnswer([], ch.id_of(ch.flushed), reset=True)
             for waiter in parked:
@@ -287,9 +316,14 @@ class Hub:
         for kind, live in enumerate(ch.live):  # the index is the Kind's value
             if live:
                 batch = new[0].frames[kind] if len(new) == 1 else join_frames(new, kind)
-                for write in tuple(live.values()):  # a write may pause (remove) a subscriber
+                writes = tuple(live.values())
+                self.delivered[kind] += len(new) * len(writes)
+                self.delivered_bytes[kind] += len(batch) * len(writes)
+                for write in writes:  # a write may pause (remove) a subscriber
                     write(batch)
         if ch.parked:
+            self.delivered[POLL] += len(new) * len(ch.parked)
+            self.subscriptions[POLL] -= len(ch.parked)
             parked, ch.parked = ch.parked, {}
             answer = PollAnswer(new, ch.id_of(ch.flushed))
             for waiter in parked:
@@ -324,11 +358,13 @@ class Hub:
         self._flush_now(ch)
         sub = Subscription(ch, kind, write, user)
         ch.subscribers += 1
+        self.subscriptions[kind] += 1
         self._became_busy(ch)
         sub.cursor = ch.flushed
         if since is not None:
             cursor = ch.cursor_of(since)
             if cursor is None:
+                self._count_reset(ch, since)
                 write(reset_bytes(ch, kind))
             else:
                 sub.cursor = cursor
@@ -344,6 +380,7 @@ class Hub:
         sub.gone = True
         ch.paused.pop(sub, None)
         ch.subscribers -= 1
+        self.subscriptions[sub.kind] -= 1
         self._maybe_idle(ch)
 
     def pause(self, sub: Subscription) -> None:
@@ -356,6 +393,7 @@ class Hub:
         sub.channel.paused[sub] = None
         if sub.channel.live[sub.kind].pop(sub, None) is not None:
             sub.cursor = sub.channel.flushed
+            self.pauses += 1
 
     def resume(self, sub: Subscription) -> None:
         """Write what `sub` missed (or a reset), then make it live again."""
@@ -365,6 +403,7 @@ class Hub:
         self._flush_now(ch)
         del ch.paused[sub]
         if not ch.log.holds_after(sub.cursor):
+            self.resets[EPOCH if sub.cursor == _NEW_EPOCH else BEHIND] += 1
             sub.cursor = ch.flushed
             sub.write(reset_bytes(ch, sub.kind))
         elif not self._catch_up(sub):
@@ -385,6 +424,8 @@ class Hub:
                 size += len(missed[end].frames[sub.kind])
                 end += 1
             sub.cursor = missed[end - 1].seq  # before the write, which may pause `sub`
+            self.delivered[sub.kind] += end - start
+            self.delivered_bytes[sub.kind] += size
             sub.write(join_frames(missed[start:end], sub.kind))
             if sub.paused:
                 return False
@@ -404,14 +445,19 @@ class Hub:
             return ch.flushed
         cursor = ch.cursor_of(since)
         if cursor is None:
+            self._count_reset(ch, since)
             return PollAnswer([], ch.id_of(ch.flushed), reset=True)
         if cursor < ch.flushed:
-            return PollAnswer(ch.log.after(cursor), ch.id_of(ch.flushed))
+            missed = ch.log.after(cursor)
+            self.delivered[POLL] += len(missed)
+            return PollAnswer(missed, ch.id_of(ch.flushed))
         return cursor
 
     def park(self, name: str, waiter: Waiter, user: str | None = None) -> None:
         """Wake `waiter` at the next flush of `name` (after `poll` returned a seq)."""
         ch = self.channel(name)
+        if waiter not in ch.parked:
+            self.subscriptions[POLL] += 1
         ch.parked[waiter] = user
         self._became_busy(ch)
 
@@ -420,9 +466,21 @@ class Hub:
         ch = self._channels.get(name)
         if ch is None:
             return ""
-        ch.parked.pop(waiter, None)
+        if waiter in ch.parked:
+            del ch.parked[waiter]
+            self.subscriptions[POLL] -= 1
         self._maybe_idle(ch)
         return ch.id_of(ch.flushed)
+
+    def _count_reset(self, ch: Channel, since: str) -> None:
+        parsed = parse_id(since)
+        self.resets[BEHIND if parsed is not None and parsed[0] == ch.epoch else EPOCH] += 1
+
+    # --- what rawrt.metrics reads at scrape time -------------------------------------------
+
+    @property
+    def channel_count(self) -> int:
+        return len(self._channels)
 
     # --- reading: history and presence (HTTP API) ------------------------------------------
 

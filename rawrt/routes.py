@@ -15,6 +15,10 @@ for the publish key or a token, the subscribe routes (and the read-only presence
 routes) for a token that covers the channel, an upgrade for an allowed Origin; a WebSocket
 decides its own subscribes and publishes with the grant it is handed here. Every answer
 carries the CORS headers of its request.
+
+`GET /metrics` (rawrt.metrics) is in the table when metrics are on and have no listener of
+their own; on that listener `MetricsRouter` answers it alone. A publish is counted, with its
+latency from the request to its id, when its id is known.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from rawrt.errors import (
     Unauthorized,
 )
 from rawrt.hub import PollAnswer
+from rawrt.metrics import CONTENT_TYPE
 from rawrt.presence import Presence
 from rawrt.tokens import Grant
 from rawrt.transports.longpoll import ParkedPoll, poll_response
@@ -43,11 +48,12 @@ from rawrt.transports.websocket import ChannelSocket, EchoSocket, WebSocketSessi
 from rawrt.wire import envelope, handshake, http
 from rawrt.wire.history import history_body
 
-__all__ = ["Router"]
+__all__ = ["MetricsRouter", "Router"]
 
 CHANNEL = "{channel}"
 # Routes that also answer HEAD (RFC 9110 §9.3.2), for probes; the others stream or upgrade.
 _HEAD_OK = frozenset({"healthz", "readyz"})
+_METRICS_ROUTE = (b"GET", ("metrics",), "metrics")
 
 ROUTES: tuple[tuple[bytes, tuple[str, ...], str], ...] = (
     (b"GET", ("ws",), "websocket"),
@@ -78,6 +84,11 @@ class Router:
         if demo_enabled(host.config):
             self._demo = load_asset("index.html", "text/html; charset=utf-8")
             routes.append((b"GET", ("",), "demo_page"))
+        if host.config.metrics and not host.config.metrics_host:
+            routes.append(_METRICS_ROUTE)
+        self._set_routes(routes)
+
+    def _set_routes(self, routes: list[tuple[bytes, tuple[str, ...], str]]) -> None:
         # Every pattern, as a tuple, to its (method, handler name) pairs: resolving a path is
         # two dict lookups (as it is, and with its last segment read as a channel).
         self._index: dict[tuple[str, ...], list[tuple[bytes, str]]] = {}
@@ -130,12 +141,13 @@ class Router:
         return None
 
     def _broadcast(self, request: Request, conn: Exchange, channel: str) -> AnyReply:
-        return self._publish_reply(request, channel, "sent")
+        return self._publish_reply(request, channel, "sent", "broadcast")
 
     def _publish(self, request: Request, conn: Exchange, channel: str) -> AnyReply:
-        return self._publish_reply(request, channel, "published")
+        return self._publish_reply(request, channel, "published", "publish")
 
-    def _publish_reply(self, request: Request, channel: str, flag: str) -> AnyReply:
+    def _publish_reply(self, request: Request, channel: str, flag: str, route: str) -> AnyReply:
+        started = time.perf_counter()
         self._check_channel(channel)
         self._host.access.check_http_publish(request.headers, request.query, channel, time.time())
         if not request.body.strip():
@@ -149,16 +161,18 @@ class Router:
         except HubFull as exc:
             raise HttpError(503, str(exc)) from None
         if isinstance(result, str):
+            self._host.counts.publish_done(route, time.perf_counter() - started)
             return self._json(request, {flag: True, "id": result})
-        return self._published_later(result, request, flag)
+        return self._published_later(result, request, flag, route, started)
 
     async def _published_later(
-        self, result: asyncio.Future[str], request: Request, flag: str
+        self, result: asyncio.Future[str], request: Request, flag: str, route: str, started: float
     ) -> bytes:
         try:
             message_id = await result
         except BackplaneUnavailable as exc:
             raise HttpError(503, str(exc)) from None
+        self._host.counts.publish_done(route, time.perf_counter() - started)
         return self._json(request, {flag: True, "id": message_id})
 
     def _sse(self, request: Request, conn: Exchange, channel: str) -> AnyReply:
@@ -229,7 +243,10 @@ class Router:
         ready = self._host.hub.poll(channel, since)
         cors = self._host.cors_for(request.headers)
         if isinstance(ready, PollAnswer):
-            return poll_response(cors, ready, request.keep_alive)
+            reply = poll_response(cors, ready, request.keep_alive)
+            if ready.messages:
+                self._host.counts.poll_bytes += len(reply)
+            return reply
         transport, pending = conn.take_over()
         parked = ParkedPoll(
             self._host, transport, channel, request.keep_alive, cors, request.client, user
@@ -347,6 +364,13 @@ class Router:
         etag = request.header(b"if-none-match")
         return asset.answer(etag, self._host.cors_for(request.headers), request.keep_alive)
 
+    def _metrics(self, request: Request, conn: Exchange, _: str) -> bytes:
+        self._host.access.check_metrics(request.headers)
+        body = self._host.scrape()
+        if body is None:
+            raise HttpError(404, "no such route")
+        return http.response(200, body, content_type=CONTENT_TYPE, keep_alive=request.keep_alive)
+
     def _preflight(self, request: Request, conn: Exchange, _: str) -> bytes:
         headers = self._host.access.preflight_headers(request.headers)
         return http.response(204, headers=headers, keep_alive=request.keep_alive)
@@ -364,3 +388,11 @@ class Router:
     def _json(self, request: Request, value: object, status: int = 200) -> bytes:
         cors = self._host.cors_for(request.headers)
         return http.json_response(status, value, headers=cors, keep_alive=request.keep_alive)
+
+
+class MetricsRouter(Router):
+    """The router of the metrics listener (`metrics_host`): /metrics and nothing else."""
+
+    def __init__(self, host: RouterHost) -> None:
+        self._host = host
+        self._set_routes([_METRICS_ROUTE])

@@ -31,6 +31,11 @@ accepting, and the open connections closed a slice per sweep tick, oldest first,
 that spreads them evenly over `drain_s` (rawrt.drain), each slice after a hub flush, so that
 a client's last messages are written before its goodbye. The sweep ticks about a hundred
 times per window while a drain runs; there is no timer per connection.
+
+Metrics (rawrt.metrics) are read from what the server keeps anyway at scrape time: the hub's
+counts, `counts` (publishes, refusals), the registry's sizes, `loop_lag_s` (how late the
+sweep ran). With `metrics_host` they are served by a listener of their own, whose
+connections see a router that knows /metrics only.
 """
 
 from __future__ import annotations
@@ -47,13 +52,22 @@ from rawrt.backplane import backplane_for
 from rawrt.backplane.board import LocalBoard, PresenceBoard, board_for
 from rawrt.config import Config
 from rawrt.connection import HttpConnection
+from rawrt.counts import Counts
 from rawrt.drain import DrainPace
-from rawrt.edge import CorsHeaders, PingedSession, RequestHeaders, Session, StreamSession
+from rawrt.edge import (
+    CorsHeaders,
+    PingedSession,
+    RequestHeaders,
+    Resolver,
+    Session,
+    StreamSession,
+)
 from rawrt.errors import ConfigError
 from rawrt.hub import Hub
+from rawrt.metrics import SYNC_S, Metrics
 from rawrt.netpolicy import ConnectionsPerIp, TrustedProxies
 from rawrt.presence import Presence
-from rawrt.routes import Router
+from rawrt.routes import MetricsRouter, Router
 from rawrt.tls import server_context
 from rawrt.wire import envelope
 from rawrt.wire.ids import to_base36
@@ -104,6 +118,13 @@ class Server:
         self._drained: asyncio.Event | None = None
         self.backplane = backplane_for(self.config)
         self._board: PresenceBoard = LocalBoard()  # made in start(): it needs the run id
+        self.counts = Counts()
+        self.loop_lag_s = 0.0  # how late the last sweep ran: the loop was busy that long
+        self._sweep_due = 0.0
+        self.metrics = Metrics(self) if self.config.metrics else None
+        self._metrics_listener: asyncio.Server | None = None
+        self._metrics_port: int | None = None
+        self._metrics_sync: asyncio.TimerHandle | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -142,6 +163,7 @@ class Server:
                 "buffer per connection; uvloop's does not (pip install 'rawrt[fast]')"
             )
         self._port = int(self._listener.sockets[0].getsockname()[1])
+        await self._start_metrics(loop)
         self._next_heartbeat = loop.time() + self.config.sse_heartbeat_s
         self._schedule_sweep()
         log.info("listening on %s", self.url)
@@ -212,8 +234,11 @@ class Server:
             return
         self.stopping = True
         self._listener.close()
-        if self._sweep_handle is not None:
-            self._sweep_handle.cancel()
+        if self._metrics_listener is not None:
+            self._metrics_listener.close()
+        for handle in (self._sweep_handle, self._metrics_sync):
+            if handle is not None:
+                handle.cancel()
         self._drained = asyncio.Event()
         self.hub.flush()  # nothing published before a goodbye is lost to its client
         for conn in list(self._connections):
@@ -252,6 +277,45 @@ class Server:
         return f"{self._scheme}://{host}:{self.port}"
 
     @property
+    def metrics_port(self) -> int | None:
+        """The port of the metrics listener (with metrics_host), else None."""
+        return self._metrics_port
+
+    async def _start_metrics(self, loop: asyncio.AbstractEventLoop) -> None:
+        c = self.config
+        if self.metrics is None:
+            return
+        if self.metrics.multiprocess:
+            self._metrics_sync = loop.call_later(SYNC_S, self._sync_metrics)
+        if not c.metrics_host:
+            return
+        edge = _MetricsEdge(self)
+        self._metrics_listener = await loop.create_server(
+            lambda: HttpConnection(edge),
+            c.metrics_host,
+            c.metrics_port,
+            reuse_port=c.workers > 1 or None,
+        )
+        self._metrics_port = int(self._metrics_listener.sockets[0].getsockname()[1])
+        host = f"[{c.metrics_host}]" if ":" in c.metrics_host else c.metrics_host
+        log.info("metrics on http://%s:%d/metrics", host, self._metrics_port)
+
+    def _sync_metrics(self) -> None:
+        """With workers: copy this one's figures to the node's shared files, every SYNC_S."""
+        assert self.metrics is not None and self._loop is not None
+        self.metrics.sync()
+        self._metrics_sync = self._loop.call_later(SYNC_S, self._sync_metrics)
+
+    def scrape(self) -> bytes | None:
+        """The metrics in the Prometheus text format; None when they are off."""
+        return None if self.metrics is None else self.metrics.render()
+
+    def connection_census(self) -> tuple[int, int, int]:
+        """Open connections: WebSockets, event streams, and all others (HTTP, long polls)."""
+        sockets, streams = len(self._sockets), len(self._streams)
+        return sockets, streams, len(self._connections) - sockets - streams
+
+    @property
     def ready(self) -> bool:
         """Listening and not stopping (and, with a backplane, connected to it)."""
         return (
@@ -269,8 +333,11 @@ class Server:
         Raises BackplaneUnavailable when a backplane cannot take it, HubFull when every
         channel slot is busy.
         """
+        started = time.perf_counter()
         result = self.publish_json(channel, envelope.canonical_json(data))
-        return result if isinstance(result, str) else await result
+        message_id = result if isinstance(result, str) else await result
+        self.counts.publish_done("embedded", time.perf_counter() - started)
+        return message_id
 
     def publish_json(self, channel: str, data_json: str) -> str | asyncio.Future[str]:
         """Publish data already in canonical JSON: the id, or (with Redis) a future of it."""
@@ -382,6 +449,7 @@ class Server:
         if self._drain_pace is not None:
             delay = min(delay, _drain_tick_s(c.drain_s))
         assert self._loop is not None
+        self._sweep_due = self._loop.time() + delay
         self._sweep_handle = self._loop.call_later(delay, self._sweep)
 
     def _restart_sweep(self) -> None:
@@ -391,6 +459,7 @@ class Server:
 
     def _sweep(self) -> None:
         now = self.clock()
+        self.loop_lag_s = max(0.0, now - self._sweep_due)
         self._close_due(now)
         for ws in tuple(self._sockets.values()):
             ws.check_liveness(now)
@@ -415,6 +484,49 @@ class Server:
 def _drain_tick_s(drain_s: float) -> float:
     """How often the sweep runs during a drain: a hundred slices, at most 20 a second."""
     return max(_MIN_SWEEP_S, drain_s / _DRAIN_SLICES)
+
+
+class _MetricsEdge:
+    """The host that connections to the metrics listener see: the server's registry and
+    limits, with a router that answers /metrics only (rawrt.routes.MetricsRouter)."""
+
+    __slots__ = ("_server", "router")
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        self.router: Resolver = MetricsRouter(server)
+
+    @property
+    def config(self) -> Config:
+        return self._server.config
+
+    @property
+    def stopping(self) -> bool:
+        return self._server.stopping
+
+    @property
+    def trusted_proxies(self) -> TrustedProxies:
+        return self._server.trusted_proxies
+
+    @property
+    def counts(self) -> Counts:
+        return self._server.counts
+
+    def cors_for(self, headers: RequestHeaders) -> CorsHeaders:
+        return ()  # no browser page reads metrics
+
+    # The server's registry, so that its caps count these and stop() closes them too.
+    def admit(self, conn: Session) -> bool:
+        return self._server.admit(conn)
+
+    def reclaim(self, conn: Session, client: str) -> bool:
+        return self._server.reclaim(conn, client)
+
+    def register(self, conn: Session) -> None:
+        self._server.register(conn)
+
+    def forget(self, conn: Session) -> None:
+        self._server.forget(conn)
 
 
 def _read_public_key(path: str) -> str | None:

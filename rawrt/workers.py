@@ -9,6 +9,11 @@ supervisor exits when they have.
 
 Each process holds its own connections and its own hub; they agree on every channel because
 ids and history live in Redis, which is why more than one worker requires `--redis`.
+
+With metrics on, the supervisor makes a private directory for prometheus-client's
+multiprocess mode and names it in every worker's PROMETHEUS_MULTIPROC_DIR, so that whichever
+worker answers a scrape shows the whole node (rawrt.metrics); a dead worker's live gauges are
+dropped before its replacement starts, and the directory is removed on exit.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+from rawrt import metrics
 from rawrt.config import Config
 
 __all__ = ["WORKER_ENV", "supervise"]
@@ -43,14 +49,29 @@ def _reserve(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _start(argv: Sequence[str], port: int, index: int) -> subprocess.Popen[bytes]:
+def _start(
+    argv: Sequence[str], port: int, index: int, metrics_dir: str | None
+) -> subprocess.Popen[bytes]:
     env = dict(os.environ, **{WORKER_ENV: str(index)})
+    if metrics_dir is not None:
+        env[metrics.MULTIPROC_ENV] = metrics_dir
     return subprocess.Popen([sys.executable, "-m", "rawrt", *argv, "--port", str(port)], env=env)
 
 
 def supervise(config: Config, argv: Sequence[str]) -> int:
     """Run `config.workers` worker processes until a signal; returns an exit status."""
     reserved = _reserve(config.host, config.port)  # held so the port stays ours
+    metrics_dir = metrics.private_dir() if config.metrics else None
+    try:
+        return _run(config, argv, reserved, metrics_dir)
+    finally:
+        if metrics_dir is not None:
+            metrics.remove_dir(metrics_dir)
+
+
+def _run(
+    config: Config, argv: Sequence[str], reserved: socket.socket, metrics_dir: str | None
+) -> int:
     port = reserved.getsockname()[1]
     stop = threading.Event()
     workers: list[subprocess.Popen[bytes]] = []
@@ -64,7 +85,7 @@ def supervise(config: Config, argv: Sequence[str]) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
-    workers.extend(_start(argv, port, i) for i in range(config.workers))
+    workers.extend(_start(argv, port, i, metrics_dir) for i in range(config.workers))
     log.info("supervising %d workers on http://%s:%d", config.workers, config.host, port)
     restarts: list[float] = []
     while not stop.wait(0.5):
@@ -77,7 +98,9 @@ def supervise(config: Config, argv: Sequence[str]) -> int:
                 stop.set()
                 break
             log.warning("worker %d exited with %s; starting it again", i, worker.returncode)
-            workers[i] = _start(argv, port, i)
+            if metrics_dir is not None:
+                metrics.forget_process(worker.pid, metrics_dir)
+            workers[i] = _start(argv, port, i, metrics_dir)
     # A worker drains first (rawrt.drain): give it that long on top of stopping.
     return _stop_all(workers, reserved, config.drain_delay_s + config.drain_s)
 

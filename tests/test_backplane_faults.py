@@ -286,7 +286,8 @@ async def test_failover_to_a_lagging_replica_resets_readers_and_nodes_follow_it(
         started(redis_servers, Sentinel(tmp_path / f"sentinel{i}", "main", primary.port))
         for i in range(3)
     ]
-    await eventually(lambda: _in_sync(primary, replica), STEP_S, "the replica syncs")
+    # A first full sync forks and ships an RDB: under load that can take seconds.
+    await eventually(lambda: _in_sync(primary, replica), RECOVER_S, "the replica syncs")
     await eventually(
         lambda: all(s.knows(3, 1) for s in sentinels), RECOVER_S, "Sentinels meet each other"
     )
@@ -296,7 +297,7 @@ async def test_failover_to_a_lagging_replica_resets_readers_and_nodes_follow_it(
     await run.open_readers()
     run.start_publishing()
     await run.published(15)
-    await eventually(lambda: _in_sync(primary, replica), STEP_S, "the replica caught up")
+    await eventually(lambda: _in_sync(primary, replica), RECOVER_S, "the replica caught up")
     replica.pause()  # it lags from here on
     try:
         lagging = await run.published(15)

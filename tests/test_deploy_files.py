@@ -6,12 +6,14 @@ nginx is installed; nginx-tls.conf must be the same front plus its TLS lines, an
 `nginx -t` with a certificate made at test time. The Kubernetes manifests are parsed as YAML
 (PyYAML) and their fields checked against each other, the Dockerfile and rawrt's Config:
 nothing here needs Docker or a cluster. local-cluster.sh is checked for syntax and for
-refusing to touch what it did not make.
+refusing to touch what it did not make. grafana-dashboard.json must be valid JSON whose every
+query names only metrics a running rawrt exports, and show every one of them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -22,7 +24,11 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import StartServer
 from support.certs import Cert, make_cert
+from support.clients import request
+from support.redis_server import free_port
+from support.scrape import scrape
 
 from rawrt.cli import parse_config
 from rawrt.config import Config
@@ -465,3 +471,36 @@ def test_script_touches_only_its_own_state(tmp_path: Path) -> None:
     refused = _script("up", str(foreign), cwd=tmp_path)
     assert refused.returncode != 0 and "not empty" in refused.stderr
     assert (foreign / "keep.txt").read_text() == "mine"
+
+
+# --- grafana-dashboard.json -------------------------------------------------------------------
+
+# A name in a PromQL expression: rawrt's metrics all start so (functions and labels do not).
+_METRIC_NAME = re.compile(r"\brawrt_[a-z_]+")
+
+
+def _dashboard_exprs() -> list[str]:
+    dashboard = json.loads((DEPLOY / "grafana-dashboard.json").read_text())
+    assert dashboard["title"] and dashboard["uid"]
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    assert exprs and all(isinstance(e, str) for e in exprs)
+    return exprs
+
+
+async def test_dashboard_names_only_metrics_rawrt_exports(start_server: StartServer) -> None:
+    # A Redis URL nothing listens on: the node starts without waiting for it, and exports
+    # its Redis figures (rawrt_redis_up 0) beside all the others.
+    server = await start_server(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    # Refusals have a series per code once one is counted: count one.
+    assert (await request(server.port, "GET", "/no-such-route")).status == 404
+    exported = (await scrape(server.port)).names()
+    families = {n.removesuffix("_bucket").removesuffix("_count") for n in exported}
+    used: set[str] = set()
+    for expr in _dashboard_exprs():
+        names = set(_METRIC_NAME.findall(expr))
+        assert names, f"{expr!r} names no rawrt metric"
+        assert names <= exported, f"{expr!r}: {names - exported} not exported"
+        used |= names
+    shown = {n.removesuffix("_bucket") for n in used}
+    missing = {n for n in families if not n.endswith(("_created", "_sum"))} - shown
+    assert not missing, f"exported but on no panel: {sorted(missing)}"

@@ -24,6 +24,7 @@ from support import CORE, QUIET_PATCH_WRITER
 
 from rawrt.config import Config
 from rawrt.connection import HttpConnection
+from rawrt.counts import Counts
 from rawrt.edge import AnyReply, Exchange, Handler, Reply, Request, Session
 from rawrt.errors import HttpError
 from rawrt.netpolicy import TrustedProxies
@@ -288,6 +289,7 @@ class FakeHost:
         self.trusted_proxies = TrustedProxies()
         self.claims: list[str] = []  # what reclaim() was asked to count, in order
         self.full_clients: set[str] = set()  # reclaim() refuses these
+        self.counts = Counts()
 
     def resolve(self, request: Request) -> tuple[Handler, str]:
         self.paths.append(request.path)

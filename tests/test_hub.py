@@ -432,3 +432,45 @@ def test_history_total_bytes_holds_when_every_channel_has_listeners() -> None:
     sub, sink = paused[0]
     hub.resume(sub)  # its history went to keep the budget: it is told so
     assert [item.type for item in sink.items] == ["reset"]
+
+
+# --- what the hub counts for rawrt.metrics -----------------------------------------------------
+
+
+def test_counts_follow_subscriptions_deliveries_and_bytes_written() -> None:
+    hub, _ = make_hub()
+    ws, sse, gone = Sink(Kind.WS), Sink(Kind.SSE), Sink(Kind.WS)
+    hub.subscribe("c", Kind.WS, ws)
+    hub.subscribe("c", Kind.SSE, sse)
+    leaver = hub.subscribe("c", Kind.WS, gone)
+    waiter = Waiter()
+    hub.park("c", waiter)
+    assert hub.subscriptions == [2, 1, 1]
+    hub.unsubscribe(leaver)
+    hub.unsubscribe(leaver)  # twice: counted out once
+    publish(hub, "c", 1, 2)
+    hub.flush()
+    assert hub.subscriptions == [1, 1, 0]  # the poll was answered
+    assert hub.delivered == [2, 2, 2]
+    assert hub.delivered_bytes == [len(b"".join(ws.writes)), len(b"".join(sse.writes))]
+    other = Waiter()
+    hub.park("c", other)
+    assert hub.unpark("c", other) and hub.unpark("c", other)  # twice: counted out once
+    assert hub.subscriptions == [1, 1, 0]
+
+
+def test_counts_pauses_and_resets_by_cause() -> None:
+    hub, _ = make_hub(history_size=2)
+    old = publish(hub, "c", 1)[0]
+    hub.flush()
+    sink = Sink(Kind.WS)
+    sub = hub.subscribe("c", Kind.WS, sink)
+    hub.pause(sub)
+    hub.pause(sub)  # already paused: one pause
+    publish(hub, "c", 2, 3, 4)
+    hub.flush()
+    hub.resume(sub)  # fell behind the history of 2
+    hub.subscribe("c", Kind.SSE, Sink(Kind.SSE), since=old)  # behind as well
+    assert isinstance(hub.poll("c", "zzzzzz1-1"), PollAnswer)  # another epoch
+    assert hub.pauses == 1
+    assert hub.resets == {"behind": 2, "epoch": 1}

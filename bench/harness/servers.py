@@ -4,6 +4,8 @@ rawrt is started with no tuning flags: the bench measures its defaults.
 `rawrt-tokens` is the same server with tokens required (an HS256 secret, no
 browser origin): the load generator then sends a token on every request, and
 comparing the two shows what checking tokens costs. It runs only when named.
+`rawrt-metrics-off` is rawrt with `--metrics false` (no /metrics), beside which the default
+shows what serving metrics costs; also only when named.
 Peers live in bench/peers/ (see its README for what each one is).
 """
 
@@ -53,6 +55,10 @@ def _rawrt_tokens(root: Path, port: int) -> list[str]:
     return [*_rawrt(root, port), "--jwt-secret", BENCH_JWT_SECRET, "--allowed-origins", ""]
 
 
+def _rawrt_metrics_off(root: Path, port: int) -> list[str]:
+    return [*_rawrt(root, port), "--metrics", "false"]
+
+
 def _token_header(root: Path) -> list[str]:
     """One token for every connection: each still verifies it and keeps its own grant."""
     sys.path.insert(0, str(root))
@@ -81,6 +87,7 @@ SERVERS: dict[str, Server] = {
     for s in (
         Server("rawrt", _rawrt),
         Server("rawrt-tokens", _rawrt_tokens, loadgen_args=_token_header, by_default=False),
+        Server("rawrt-metrics-off", _rawrt_metrics_off, by_default=False),
         Server("node", _node),
         Server("websockets", _python("bench/peers/websockets_peer.py"), ("ws",)),
         Server("aiohttp", _python("bench/peers/aiohttp_peer.py")),
@@ -122,7 +129,7 @@ def _node_missing(root: Path) -> str | None:
 
 def availability(name: str, root: Path) -> str | None:
     """None when the server can run, else why not (to print and skip)."""
-    if name in ("rawrt", "rawrt-tokens"):
+    if name in ("rawrt", "rawrt-tokens", "rawrt-metrics-off"):
         return _rawrt_missing(root)
     if name == "node":
         return _node_missing(root)

@@ -46,7 +46,8 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from redis.asyncio.client import PubSub
@@ -130,8 +131,20 @@ class RedisBackplane:
         self._connected = False
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()  # held so they are not collected
+        # Read by rawrt.metrics: seconds from a message's publish (its timestamp, the
+        # publishing node's clock) to its arrival here over pub/sub, for the last one.
+        self.pubsub_lag_s = 0.0
 
     # --- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def on_round_trip(self) -> Callable[[float], None]:
+        """Called with each publish pipeline's round trip, in seconds (rawrt.metrics)."""
+        return self._publishes.on_round_trip
+
+    @on_round_trip.setter
+    def on_round_trip(self, observe: Callable[[float], None]) -> None:
+        self._publishes.on_round_trip = observe
 
     @property
     def ready(self) -> bool:
@@ -460,6 +473,7 @@ class RedisBackplane:
     def _on_publish(self, channel: str, attachment: _Attachment, payload: bytes) -> None:
         epoch, seq, ts, data = payload.split(b" ", 3)
         item = (epoch.decode(), Entry(int(seq), int(ts), data.decode()))
+        self.pubsub_lag_s = max(0.0, time.time() - item[1].timestamp_ms / 1000)
         if attachment.held is not None:
             if len(attachment.held) < _HELD_MAX:
                 attachment.held.append(item)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
@@ -97,6 +98,10 @@ def unavailable(exc: BaseException) -> BackplaneUnavailable:
     return BackplaneUnavailable(_UNAVAILABLE)
 
 
+def _ignore(seconds: float) -> None:
+    pass
+
+
 class ScriptQueue(Generic[R]):
     """Calls of one script, queued (at most `limit`) and sent a pipeline at a time."""
 
@@ -121,6 +126,8 @@ class ScriptQueue(Generic[R]):
         self._deadline = deadline
         self._calls: deque[tuple[list[Any], asyncio.Future[R], float]] = deque()
         self._queued = asyncio.Event()
+        # Called with each pipeline's round trip in seconds (rawrt.metrics sets it).
+        self.on_round_trip: Callable[[float], None] = _ignore
 
     def call(self, keys: list[str], args: list[Any]) -> asyncio.Future[R]:
         """The script's converted result, later; refused at once when the queue is full."""
@@ -180,7 +187,10 @@ class ScriptQueue(Generic[R]):
                     pipe.script_load(self._script)
                     for call in calls:
                         pipe.evalsha(*call)
-                    return list(await pipe.execute(raise_on_error=False))[1:]
+                    started = time.perf_counter()
+                    results = list(await pipe.execute(raise_on_error=False))[1:]
+                    self.on_round_trip(time.perf_counter() - started)
+                    return results
         except TimeoutError:
             log.warning("%d calls to Redis timed out", len(calls))
             return [BackplaneUnavailable(f"Redis took too long ({self._what})")] * len(calls)

@@ -97,7 +97,10 @@ class ParkedPoll(asyncio.Protocol):
             return
         self._cancel_timer()
         self._host.forget(self)
-        transport.write(poll_response(self._cors, answer, self._keep_alive))
+        reply = poll_response(self._cors, answer, self._keep_alive)
+        if answer.messages:
+            self._host.counts.poll_bytes += len(reply)
+        transport.write(reply)
         if self._keep_alive and not self._host.stopping:
             HttpConnection(self._host).adopt(transport, self._pending)
         else:

@@ -11,6 +11,9 @@ runs the close handshake, and keeps the peer alive-checked (the server's livenes
   over it closes the socket with 1008;
 - `EchoSocket` sends every message back, for the Autobahn|Testsuite.
 
+What a socket refuses is counted in its host's `counts` (rawrt.counts): a close with a code
+other than 1000 and 1001, and an error frame, by the HTTP status it stands for (`_REFUSED`).
+
 Memory matters here because most sockets are idle: wsproto's parser (about 1.7 KiB) exists
 only while bytes are being parsed. Between messages, when it holds no partial frame, it is
 dropped, and the next byte makes a fresh one; an idle subscriber keeps a few slots and its
@@ -64,6 +67,16 @@ INTERNAL = 1011
 RATE_LIMITED = "Rate limited"
 # Sent by peers but never on the wire: "no status" and "abnormal closure".
 _NOT_ON_WIRE = (1005, 1006)
+# The HTTP status an error frame is counted under, by its `data` (rawrt.counts); any other
+# error frame is a bad message (400).
+_REFUSED = {
+    "Unauthorized": 401,
+    "Forbidden": 403,
+    RATE_LIMITED: 429,
+    "Server busy": 503,
+    "Backplane unavailable": 503,
+    "Publish failed": 503,
+}
 
 
 def _parser_is_idle(parser: Connection) -> bool:
@@ -210,11 +223,24 @@ class WebSocketSession(asyncio.Protocol):
     def send_text(self, text: str) -> None:
         self.send_frame(wsframe.frame(text.encode()))
 
+    def send_error(
+        self,
+        reason: str,
+        data: str = envelope.INVALID_FORMAT,
+        channel: str | None = None,
+        ref: str | None = None,
+    ) -> None:
+        """An error frame (rawrt.wire.envelope), counted as a refusal."""
+        self._host.counts.refuse("websocket", _REFUSED.get(data, 400))
+        self.send_text(envelope.error(reason, data=data, channel=channel, ref=ref))
+
     def close(self, code: int, reason: str = "", *, echo: bool = False) -> None:
         """Send a close frame and close the TCP connection once it is written."""
         if self._closing or self._transport is None:
             return
         self._closing = True
+        if not echo and code not in (NORMAL, GOING_AWAY, *_NOT_ON_WIRE):
+            self._host.counts.refuse("websocket", code)
         self.release()
         if code in _NOT_ON_WIRE:
             frame = wsframe.frame(b"", wsframe.OP_CLOSE) if echo else wsframe.close_frame(NORMAL)
@@ -314,7 +340,7 @@ class ChannelSocket(WebSocketSession):
             return True
         if verdict is Budget.OVER:
             reason = f"more than {rate:g} messages per second (burst {burst})"
-            self.send_text(envelope.error(reason, data=RATE_LIMITED))
+            self.send_error(reason, data=RATE_LIMITED)
             return False
         log.info("closing the WebSocket of %s: far over its message rate", self.client)
         raise WebSocketClose(POLICY, "message rate exceeded")
@@ -326,9 +352,9 @@ class ChannelSocket(WebSocketSession):
             command = envelope.parse_client_message(data, self._host.config.max_channel_bytes)
             self._handle(command)
         except BadMessage as exc:
-            self.send_text(envelope.error(exc.reason, ref=exc.ref))
+            self.send_error(exc.reason, ref=exc.ref)
         except (HubFull, NotAttached) as exc:
-            self.send_text(envelope.error(str(exc), data="Server busy"))
+            self.send_error(str(exc), data="Server busy")
 
     def _handle(self, command: envelope.ClientMessage) -> None:
         access = self._host.access
@@ -352,7 +378,7 @@ class ChannelSocket(WebSocketSession):
             check(self._grant, channel)
         except AccessDenied as exc:
             kind = "Unauthorized" if exc.status == 401 else "Forbidden"
-            self.send_text(envelope.error(exc.detail, data=kind, channel=channel, ref=ref))
+            self.send_error(exc.detail, data=kind, channel=channel, ref=ref)
             return False
         return True
 
@@ -361,14 +387,17 @@ class ChannelSocket(WebSocketSession):
         channel, ref = command.channel, command.ref
         if not self._allowed(self._host.access.check_publish, channel, ref):
             return
+        started = time.perf_counter()
         try:
             result = self._host.publish_json(channel, command.data)
         except (HubFull, NotAttached) as exc:
-            self.send_text(envelope.error(str(exc), data="Server busy", channel=channel, ref=ref))
+            self.send_error(str(exc), data="Server busy", channel=channel, ref=ref)
             return
         if not isinstance(result, str):
-            result.add_done_callback(functools.partial(self._published, channel, ref))
-        elif ref is not None:
+            result.add_done_callback(functools.partial(self._published, channel, ref, started))
+            return
+        self._host.counts.publish_done("websocket", time.perf_counter() - started)
+        if ref is not None:
             self.send_text(envelope.published(channel, result, ref))
 
     # --- tokens ----------------------------------------------------------------------------
@@ -438,9 +467,9 @@ class ChannelSocket(WebSocketSession):
             future.result()
             self._join(channel, since)
         except (BackplaneUnavailable, asyncio.CancelledError) as exc:
-            self.send_text(envelope.error(str(exc), data="Backplane unavailable"))
+            self.send_error(str(exc), data="Backplane unavailable")
         except (HubFull, NotAttached) as exc:
-            self.send_text(envelope.error(str(exc), data="Server busy"))
+            self.send_error(str(exc), data="Server busy")
         held, self._held = self._held or [], None
         while held and self._held is None:
             self._dispatch(held.pop(0))
@@ -449,15 +478,20 @@ class ChannelSocket(WebSocketSession):
         elif not self._write_paused and self._transport is not None:
             self._transport.resume_reading()
 
-    def _published(self, channel: str, ref: str | None, result: asyncio.Future[str]) -> None:
+    def _published(
+        self, channel: str, ref: str | None, started: float, result: asyncio.Future[str]
+    ) -> None:
         """The backplane's answer: an error frame if it could not take the publish, else the
-        `published` answer a `ref` asked for (answers keep the order of the publishes)."""
+        `published` answer a `ref` asked for (answers keep the order of the publishes); a
+        publish that got its id is counted."""
         if result.cancelled():
             return
         failure = result.exception()
         if failure is not None:
-            self.send_text(envelope.error(str(failure), data="Publish failed", ref=ref))
-        elif ref is not None:
+            self.send_error(str(failure), data="Publish failed", ref=ref)
+            return
+        self._host.counts.publish_done("websocket", time.perf_counter() - started)
+        if ref is not None:
             self.send_text(envelope.published(channel, result.result(), ref))
 
     def _unsubscribe(self, channel: str) -> None:
