@@ -86,6 +86,8 @@ def test_config_check_accepts_a_sound_file(tmp_path: Path) -> None:
     assert checked.returncode == 0, checked.stderr
     assert checked.stdout.strip() == f"{path}: ok"
     assert rawrt("config").returncode == 2  # no subcommand: usage
+    asked = rawrt("config", "--help")
+    assert asked.returncode == 0 and "rawrt config check FILE" in asked.stdout
 
 
 def test_config_show_prints_the_effective_configuration_with_secrets_masked(
