@@ -74,12 +74,13 @@ class PollAnswer:
 class Subscription:
     """One subscriber's place in one channel."""
 
-    __slots__ = ("channel", "cursor", "gone", "kind", "write")
+    __slots__ = ("channel", "cursor", "gone", "kind", "user", "write")
 
-    def __init__(self, channel: Channel, kind: Kind, write: Write) -> None:
+    def __init__(self, channel: Channel, kind: Kind, write: Write, user: str | None = None) -> None:
         self.channel = channel
         self.kind = kind
         self.write = write
+        self.user = user  # the token's `sub`, for presence (rawrt.presence); None: no token
         self.cursor = 0  # meaningful only while paused: seq of the last message written
         self.gone = False  # unsubscribed: a later pause() must not count it again
 
@@ -111,7 +112,7 @@ class Channel:
         self.flushed = log.head  # seq of the last message handed to live subscribers
         self.pending: list[Message] = []  # appended since the last flush, oldest first
         self.live: tuple[dict[Subscription, Write], ...] = ({}, {})  # per kind
-        self.parked: dict[Waiter, None] = {}
+        self.parked: dict[Waiter, str | None] = {}  # each parked poll, and its user
         self.paused: dict[Subscription, None] = {}  # subscriptions holding a cursor
         self.subscribers = 0  # live, paused and catching up
 

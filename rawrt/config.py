@@ -144,6 +144,13 @@ class Config:
     keepalive_timeout_s: float = 75.0
     # On shutdown, connections get this long to finish before they are cut.
     shutdown_timeout_s: float = 5.0
+    # On SIGTERM, /readyz answers 503 for this many seconds before anything closes, so that
+    # load balancers stop sending new clients here first (they probe every few seconds).
+    drain_delay_s: float = 0.0
+    # ... then the listener closes and the open connections are closed spread evenly over
+    # this many seconds (rawrt.drain), so their clients reconnect elsewhere at a steady rate
+    # instead of all at once. 0 closes them all at once.
+    drain_s: float = 0.0
 
     # --- output flow control -----------------------------------------------------------------
     # Above this many bytes queued in a socket, rawrt stops writing to it and keeps only a
@@ -152,6 +159,22 @@ class Config:
     write_low_water: int = 16 * KIB
     # A catch-up write is cut into pieces of at most this many bytes.
     catch_up_chunk_bytes: int = 64 * KIB
+
+    # --- operations --------------------------------------------------------------------------
+    # Distinct users (tokens' `sub`) one presence answer lists; past it the list is cut and
+    # says so, so a channel with many viewers cannot make an answer of unbounded size.
+    presence_max_users: int = 1000
+    # Messages one history answer may hold (`limit=`, and its default): a page, not the log.
+    history_max_limit: int = 1000
+    # With Redis, each node reports its presence counts every third of this many seconds and
+    # they count for this long: a node that died drops out of every answer within it. (The
+    # reports and answers use two connections per Redis, beside redis_max_connections.)
+    presence_ttl_s: float = 15.0
+    # How log lines look: `text` for people, `json` (one object per line) for collectors.
+    log_format: str = "text"
+    # One line per answered request (method, path without its query, status, bytes,
+    # duration, client address); off by default, since a busy node answers many.
+    access_log: bool = False
 
     # --- scale-out ---------------------------------------------------------------------------
     # redis://host:port/db for the shared backplane; None keeps everything in this process.
@@ -242,6 +265,9 @@ def _problems(c: Config) -> list[str]:
         "tls_handshake_timeout_s",
         "max_client_message_burst",
         "redis_max_pending_attaches",
+        "presence_max_users",
+        "history_max_limit",
+        "presence_ttl_s",
     )
     for name in positive:
         value = getattr(c, name)
@@ -257,6 +283,8 @@ def _problems(c: Config) -> list[str]:
         "redis_linger_s",
         "redis_history_ttl_s",
         "shutdown_timeout_s",
+        "drain_delay_s",
+        "drain_s",
         "sse_retry_ms",
         "max_connections_per_ip",
         "max_client_messages_per_s",
@@ -265,6 +293,8 @@ def _problems(c: Config) -> list[str]:
             found.append(f"{name} must not be negative, not {getattr(c, name)!r}")
     if c.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         found.append(f"log_level must be debug, info, warning, error or critical: {c.log_level!r}")
+    if c.log_format not in ("text", "json"):
+        found.append(f"log_format must be text or json, not {c.log_format!r}")
     if c.echo_path is not None and not c.echo_path.startswith("/"):
         found.append("echo_path must start with '/'")
     found.extend(_network_problems(c))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import cast
 
@@ -33,6 +34,7 @@ from rawrt.config import Config
 from rawrt.edge import HttpHost, Reply, Request
 from rawrt.edge import RequestHeaders as Headers
 from rawrt.errors import HttpError
+from rawrt.logs import access as log_access
 from rawrt.wire import http
 
 __all__ = ["HttpConnection", "Reply", "Request"]
@@ -47,6 +49,7 @@ class HttpConnection(asyncio.Protocol):
     """One TCP connection while it speaks plain HTTP/1.1."""
 
     __slots__ = (
+        "_began",
         "_body",
         "_body_bytes",
         "_host",
@@ -74,6 +77,7 @@ class HttpConnection(asyncio.Protocol):
         self._peer = ""  # the TCP peer's address
         self._proxied = False  # the peer is a trusted proxy: each request names its client
         self.client = ""  # the address this connection counts for (see the docstring)
+        self._began = 0.0  # when the request being served began to arrive (the access log)
 
     def _new_parser(self, trailing: bytes) -> h11.Connection:
         parser = h11.Connection(
@@ -184,6 +188,8 @@ class HttpConnection(asyncio.Protocol):
 
     def _start_request(self, event: h11.Request) -> None:
         self._begin_receiving()
+        if self._host.config.access_log:
+            self._began = time.monotonic()
         # h11's Headers is a Sequence whose iteration goes through __getitem__: copy it once.
         headers = list(event.headers)
         self._request = (event, headers)
@@ -234,10 +240,12 @@ class HttpConnection(asyncio.Protocol):
         except HttpError as exc:
             reply = self._error_reply(exc, request)
         if isinstance(reply, bytes):
+            self._log_access(request, reply)
             self.send(_for_method(reply, request), request.keep_alive)
         elif reply is not None:
             self._await_reply(reply, request)
-        # else: the handler took the connection over
+        else:  # the handler took the connection over
+            self._log_access(request, None)
 
     def _error_reply(self, exc: HttpError, request: Request) -> bytes:
         # The whole request has been read, so the connection can go on after this.
@@ -263,9 +271,21 @@ class HttpConnection(asyncio.Protocol):
         except Exception:
             log.exception("bug while serving a request from %s (%x)", self.client, id(self))
             reply = self._error_reply(HttpError(500, "internal error"), request)
+        self._log_access(request, reply)
         if reply is not None:
             self.send(_for_method(reply, request), request.keep_alive)
             self._process()  # requests pipelined behind this one
+
+    def _log_access(self, request: Request, reply: bytes | None) -> None:
+        """With --access-log, one line for this answer (rawrt.logs: never its query)."""
+        if not self._host.config.access_log:
+            return
+        if reply is None:  # handed to a transport: it starts with a 101 or a 200
+            status, size = (101 if request.header(b"upgrade") else 200), 0
+        else:
+            status, size = int(reply[9:12]), len(reply)
+        duration = time.monotonic() - self._began
+        log_access(request.method, request.target, status, size, duration, request.client)
 
     def send(self, reply: bytes, keep_alive: bool) -> None:
         """Write a complete response, then wait for the next request or close."""
@@ -304,12 +324,22 @@ class HttpConnection(asyncio.Protocol):
         # write error lines at will.
         if exc.status == 500:
             log.error("bug answering request: %s", exc)
+        if self._host.config.access_log:
+            self._log_refusal(exc.status)
         self._host.counts.refuse("http", exc.status)
         self._request = None
         self._transport.write(http.error_response(exc.status, exc.detail, headers=exc.headers))
         self._transport.close()
         self._transport = None
         self._cancel_timer()
+
+    def _log_refusal(self, status: int) -> None:
+        if self._request is None:  # refused before its head was read: nothing to name
+            log_access(b"-", b"-", status, 0, 0.0, self.client or self._peer)
+            return
+        event = self._request[0]
+        duration = time.monotonic() - self._began
+        log_access(event.method, event.target, status, 0, duration, self.client)
 
     # --- timers ----------------------------------------------------------------------------
 

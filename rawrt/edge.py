@@ -44,6 +44,7 @@ from rawrt.config import Config
 from rawrt.counts import Counts
 from rawrt.hub import Hub
 from rawrt.netpolicy import TrustedProxies
+from rawrt.presence import Presence
 
 __all__ = [
     "AnyReply",
@@ -223,6 +224,10 @@ class RouterHost(SocketHost, StreamHost, PollHost, Protocol):
     @property
     def ready(self) -> bool:
         """Listening and not stopping (and, with a backplane, connected to it)."""
+        ...
+
+    def presence(self, channel: str) -> Presence | asyncio.Future[Presence]:
+        """Who is subscribed to `channel` on every node, or a future of it."""
         ...
 
     def scrape(self) -> bytes | None:

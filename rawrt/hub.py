@@ -34,6 +34,7 @@ nothing it can measure; the subscriptions once per subscribe, park and their end
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -51,6 +52,7 @@ from rawrt.channel import (
 from rawrt.config import Config
 from rawrt.errors import HubFull, NotAttached
 from rawrt.log import ChannelLog, Message
+from rawrt.presence import Presence, count_presence
 from rawrt.wire import envelope, sse, wsframe
 from rawrt.wire.ids import parse_id, to_base36
 
@@ -343,6 +345,7 @@ class Hub:
         since: str | None = None,
         *,
         start: bool = True,
+        user: str | None = None,
     ) -> Subscription:
         """Join `name` at its head, or after `since` (replaying what the log holds).
 
@@ -353,7 +356,7 @@ class Hub:
         """
         ch = self.channel(name)
         self._flush_now(ch)
-        sub = Subscription(ch, kind, write)
+        sub = Subscription(ch, kind, write, user)
         ch.subscribers += 1
         self.subscriptions[kind] += 1
         self._became_busy(ch)
@@ -450,12 +453,12 @@ class Hub:
             return PollAnswer(missed, ch.id_of(ch.flushed))
         return cursor
 
-    def park(self, name: str, waiter: Waiter) -> None:
+    def park(self, name: str, waiter: Waiter, user: str | None = None) -> None:
         """Wake `waiter` at the next flush of `name` (after `poll` returned a seq)."""
         ch = self.channel(name)
         if waiter not in ch.parked:
             self.subscriptions[POLL] += 1
-        ch.parked[waiter] = None
+        ch.parked[waiter] = user
         self._became_busy(ch)
 
     def unpark(self, name: str, waiter: Waiter) -> str:
@@ -478,6 +481,45 @@ class Hub:
     @property
     def channel_count(self) -> int:
         return len(self._channels)
+
+    # --- reading: history and presence (HTTP API) ------------------------------------------
+
+    def history(self, name: str, since: str | None, limit: int) -> tuple[list[Message], bool]:
+        """Up to `limit` messages after `since` (without it, the newest `limit`), oldest
+        first, and whether `since` was no longer held (a reset: then from the oldest held)."""
+        ch = self.channel(name)
+        self._flush_now(ch)
+        held = ch.log.after(ch.log.first_seq - 1)
+        if since is None:
+            return held[max(0, len(held) - limit) :], False
+        cursor = ch.cursor_of(since)
+        if cursor is None:
+            return held[:limit], True
+        return ch.log.after(cursor)[:limit], False
+
+    def presence(self, name: str, max_users: int) -> Presence:
+        """Who is subscribed to `name` here now (a channel not held here has nobody)."""
+        ch = self._channels.get(name)
+        if ch is None:
+            return count_presence(0, 0, 0, (), max_users)
+        paused_ws = sum(1 for sub in ch.paused if sub.kind is Kind.WS)
+        ws = len(ch.live[Kind.WS]) + paused_ws
+        sse = len(ch.live[Kind.SSE]) + len(ch.paused) - paused_ws
+        users = itertools.chain(
+            (s.user for s in ch.live[Kind.WS]),
+            (s.user for s in ch.live[Kind.SSE]),
+            (s.user for s in ch.paused),
+            ch.parked.values(),
+        )
+        return count_presence(ws, sse, len(ch.parked), users, max_users)
+
+    def presences(self, max_users: int) -> dict[str, Presence]:
+        """Every busy channel's presence here (what a node reports to the others)."""
+        return {
+            name: self.presence(name, max_users)
+            for name, ch in self._channels.items()
+            if not ch.idle
+        }
 
     def head_id(self, name: str) -> str:
         """Id of the newest message of `name`, after handing out any still pending."""

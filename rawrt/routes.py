@@ -11,9 +11,10 @@ This is the one module that names the transports: it starts each of them on the 
 handler takes over, and hands it the same host it was given (a `RouterHost`, rawrt.edge).
 
 It is also where access is decided (rawrt.access), once per request: the publish routes ask
-for the publish key or a token, the subscribe routes for a token that covers the channel, an
-upgrade for an allowed Origin; a WebSocket decides its own subscribes and publishes with the
-grant it is handed here. Every answer carries the CORS headers of its request.
+for the publish key or a token, the subscribe routes (and the read-only presence and history
+routes) for a token that covers the channel, an upgrade for an allowed Origin; a WebSocket
+decides its own subscribes and publishes with the grant it is handed here. Every answer
+carries the CORS headers of its request.
 
 `GET /metrics` (rawrt.metrics) is in the table when metrics are on and have no listener of
 their own; on that listener `MetricsRouter` answers it alone. A publish is counted, with its
@@ -39,11 +40,13 @@ from rawrt.errors import (
 )
 from rawrt.hub import PollAnswer
 from rawrt.metrics import CONTENT_TYPE
+from rawrt.presence import Presence
 from rawrt.tokens import Grant
 from rawrt.transports.longpoll import ParkedPoll, poll_response
 from rawrt.transports.sse import EventStream, stream_unavailable
 from rawrt.transports.websocket import ChannelSocket, EchoSocket, WebSocketSession
 from rawrt.wire import envelope, handshake, http
+from rawrt.wire.history import history_body
 
 __all__ = ["MetricsRouter", "Router"]
 
@@ -60,6 +63,8 @@ ROUTES: tuple[tuple[bytes, tuple[str, ...], str], ...] = (
     (b"GET", ("api", "sse", "subscribe", CHANNEL), "sse"),
     (b"GET", ("api", "poll", CHANNEL), "poll"),
     (b"POST", ("api", "poll", CHANNEL), "poll"),
+    (b"GET", ("api", "presence", CHANNEL), "presence"),
+    (b"GET", ("api", "history", CHANNEL), "history"),
     (b"GET", ("healthz",), "healthz"),
     (b"GET", ("readyz",), "readyz"),
 )
@@ -178,7 +183,6 @@ class Router:
         request.keep_alive = False
         access = self._host.access
         grant = access.subscriber_grant(request.headers, request.query, channel, time.time())
-        expires_at = None if grant is None else access.expires_at(grant)
         cors = self._host.cors_for(request.headers)
         header = request.header(b"last-event-id")
         last_id = header.decode("latin-1") if header is not None else None
@@ -186,7 +190,7 @@ class Router:
         return self._when_attached(
             channel,
             last_id,
-            lambda: self._open_stream(conn, channel, last_id, cors, expires_at, request.client),
+            lambda: self._open_stream(conn, channel, last_id, cors, grant, request.client),
             # NOTES: any status but 200 stops EventSource for good. A 200 that ends at once
             # makes it reconnect after `retry`, which a client should do while we cannot serve.
             lambda exc: stream_unavailable(cors, str(exc)),
@@ -198,23 +202,33 @@ class Router:
         channel: str,
         last_id: str | None,
         cors: CorsHeaders,
-        expires_at: float | None,
+        grant: Grant | None,
         client: str,
     ) -> Reply:
         self._host.hub.head_id(channel)  # raises HubFull before the socket changes hands
         transport, _ = conn.take_over()
-        EventStream(self._host, transport, client, expires_at).open(channel, last_id, cors)
+        if grant is None:
+            stream = EventStream(self._host, transport, client)
+        else:
+            expires_at = self._host.access.expires_at(grant)
+            stream = EventStream(self._host, transport, client, expires_at, grant.sub)
+        stream.open(channel, last_id, cors)
         return None
 
     def _poll(self, request: Request, conn: Exchange, channel: str) -> AnyReply:
         self._check_channel(channel)
         # Checked on every poll; a parked one is answered within its timeout, so it keeps
-        # nothing of its token.
-        self._host.access.subscriber_grant(request.headers, request.query, channel, time.time())
+        # nothing of its token but the user it names (for presence).
+        access = self._host.access
+        grant = access.subscriber_grant(request.headers, request.query, channel, time.time())
+        user = None if grant is None else grant.sub
         timeout_s = self._poll_timeout(request.query.get("timeout"))
         since = request.query.get("since") or None
         return self._when_attached(
-            channel, since, lambda: self._poll_now(request, conn, channel, since, timeout_s), None
+            channel,
+            since,
+            lambda: self._poll_now(request, conn, channel, since, timeout_s, user),
+            None,
         )
 
     def _poll_now(
@@ -224,6 +238,7 @@ class Router:
         channel: str,
         since: str | None,
         timeout_s: float,
+        user: str | None,
     ) -> Reply:
         ready = self._host.hub.poll(channel, since)
         cors = self._host.cors_for(request.headers)
@@ -234,7 +249,7 @@ class Router:
             return reply
         transport, pending = conn.take_over()
         parked = ParkedPoll(
-            self._host, transport, channel, request.keep_alive, cors, request.client
+            self._host, transport, channel, request.keep_alive, cors, request.client, user
         )
         parked.park(pending, timeout_s)
         return None
@@ -288,6 +303,48 @@ class Router:
         if not 0 <= value <= config.poll_max_timeout_s:
             raise HttpError(400, f"timeout must be in 0..{config.poll_max_timeout_s} seconds")
         return value
+
+    def _presence(self, request: Request, conn: Exchange, channel: str) -> AnyReply:
+        """Who is subscribed to `channel` (rawrt.presence); the rules of subscribing."""
+        self._check_channel(channel)
+        self._host.access.subscriber_grant(request.headers, request.query, channel, time.time())
+        presence = self._host.presence(channel)
+        if isinstance(presence, Presence):
+            return self._json(request, presence.as_json(channel))
+        return self._presence_later(presence, request, channel)
+
+    async def _presence_later(
+        self, pending: asyncio.Future[Presence], request: Request, channel: str
+    ) -> bytes:
+        try:
+            presence = await pending
+        except BackplaneUnavailable as exc:
+            raise HttpError(503, str(exc)) from None
+        return self._json(request, presence.as_json(channel))
+
+    def _history(self, request: Request, conn: Exchange, channel: str) -> AnyReply:
+        """The messages the history holds after `since`, with ids and timestamps."""
+        self._check_channel(channel)
+        self._host.access.subscriber_grant(request.headers, request.query, channel, time.time())
+        limit = self._history_limit(request.query.get("limit"))
+        since = request.query.get("since") or None
+        return self._when_attached(
+            channel, since, lambda: self._history_now(request, channel, since, limit), None
+        )
+
+    def _history_now(self, request: Request, channel: str, since: str | None, limit: int) -> bytes:
+        messages, reset = self._host.hub.history(channel, since, limit)
+        body = history_body(channel, messages, self._host.hub.head_id(channel), reset)
+        cors = self._host.cors_for(request.headers)
+        return http.response(200, body, headers=cors, keep_alive=request.keep_alive)
+
+    def _history_limit(self, text: str | None) -> int:
+        most = self._host.config.history_max_limit
+        if text is None or text == "":
+            return most
+        if not text.isdigit() or not 1 <= int(text) <= most:
+            raise HttpError(400, f"limit must be a whole number in 1..{most}")
+        return int(text)
 
     def _healthz(self, request: Request, conn: Exchange, _: str) -> bytes:
         return self._json(request, {"status": "ok"})

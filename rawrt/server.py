@@ -26,6 +26,12 @@ counted at accept when its peer is the client, when a request names its client w
 is a trusted proxy (`reclaim`), and carried over, uncounted-then-recounted in one step, when a
 transport takes its socket over (`forget`, then `register`).
 
+`drain()` is what SIGTERM does: not ready at once, then, after `drain_delay_s`, no more
+accepting, and the open connections closed a slice per sweep tick, oldest first, at a pace
+that spreads them evenly over `drain_s` (rawrt.drain), each slice after a hub flush, so that
+a client's last messages are written before its goodbye. The sweep ticks about a hundred
+times per window while a drain runs; there is no timer per connection.
+
 Metrics (rawrt.metrics) are read from what the server keeps anyway at scrape time: the hub's
 counts, `counts` (publishes, refusals), the registry's sizes, `loop_lag_s` (how late the
 sweep ran). With `metrics_host` they are served by a listener of their own, whose
@@ -35,15 +41,19 @@ connections see a router that knows /metrics only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
 import secrets
 import time
 
 from rawrt.access import AccessPolicy, open_warning
 from rawrt.backplane import backplane_for
+from rawrt.backplane.board import LocalBoard, PresenceBoard, board_for
 from rawrt.config import Config
 from rawrt.connection import HttpConnection
 from rawrt.counts import Counts
+from rawrt.drain import DrainPace
 from rawrt.edge import (
     CorsHeaders,
     PingedSession,
@@ -56,6 +66,7 @@ from rawrt.errors import ConfigError
 from rawrt.hub import Hub
 from rawrt.metrics import SYNC_S, Metrics
 from rawrt.netpolicy import ConnectionsPerIp, TrustedProxies
+from rawrt.presence import Presence
 from rawrt.routes import MetricsRouter, Router
 from rawrt.tls import server_context
 from rawrt.wire import envelope
@@ -69,6 +80,8 @@ log = logging.getLogger("rawrt")
 # deadline is met within a quarter of its length; never more often than 20 times a second.
 _SWEEPS_PER_PERIOD = 4
 _MIN_SWEEP_S = 0.05
+# A drain closes its connections in this many slices (fewer when the window is short).
+_DRAIN_SLICES = 100
 
 
 class Server:
@@ -81,6 +94,11 @@ class Server:
         self.hub: Hub = None  # type: ignore[assignment]  # made in start(), in the loop
         self.router = Router(self)
         self.stopping = False
+        # Set by drain(): /readyz says 503 from then on, while the connections are still served.
+        self.draining = False
+        self._drain_pace: DrainPace | None = None
+        self._drain_told: set[Session] = set()  # said goodbye to, during a drain, not gone yet
+        self._drain_over: asyncio.Event | None = None  # the window has passed, or was cut
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: asyncio.Server | None = None
         self._port: int | None = None  # kept after stop(): the listener's sockets are gone
@@ -99,6 +117,7 @@ class Server:
         self._next_heartbeat = 0.0
         self._drained: asyncio.Event | None = None
         self.backplane = backplane_for(self.config)
+        self._board: PresenceBoard = LocalBoard()  # made in start(): it needs the run id
         self.counts = Counts()
         self.loop_lag_s = 0.0  # how late the last sweep ran: the loop was busy that long
         self._sweep_due = 0.0
@@ -125,6 +144,8 @@ class Server:
         # Built once, here: an unreadable or mismatched file is a ConfigError before binding.
         tls = server_context(c.tls_cert, c.tls_key) if c.tls_cert else None
         await self.backplane.start(self.hub)
+        self._board = board_for(c, run_id)
+        await self._board.start()
         self._listener = await loop.create_server(
             lambda: HttpConnection(self),
             c.host,
@@ -150,6 +171,63 @@ class Server:
         if warning is not None:
             log.warning("%s", warning)
 
+    async def drain(self) -> None:
+        """Leave without a reconnect storm, then stop (what SIGTERM does).
+
+        /readyz answers 503 at once; after drain_delay_s the listener closes and the open
+        connections are closed a slice per sweep tick, spread evenly over drain_s
+        (rawrt.drain); then stop() says goodbye to whatever is left. `cut_drain()` (a second
+        signal) skips whatever wait remains.
+        """
+        if self._listener is None or self.stopping or self.draining:
+            return
+        self.draining = True
+        over = self._drain_over = asyncio.Event()
+        c = self.config
+        if c.drain_delay_s or c.drain_s:
+            log.info(
+                "draining: not ready; closing %d connections in %g s, spread over %g s",
+                len(self._connections),
+                c.drain_delay_s,
+                c.drain_s,
+            )
+        await self._wait_unless_over(c.drain_delay_s)
+        if not over.is_set() and c.drain_s > 0:
+            self._listener.close()  # stop accepting: new clients go to other nodes
+            self._drain_pace = DrainPace(self.clock(), c.drain_s)
+            self._restart_sweep()  # ticks often enough to spread the closes from now
+            await self._wait_unless_over(c.drain_s + 2 * _drain_tick_s(c.drain_s))
+        self._drain_pace = None
+        self._drain_told.clear()
+        await self.stop()
+
+    def cut_drain(self) -> None:
+        """Stop waiting: the drain goes straight to stop() (a second SIGTERM or SIGINT)."""
+        if self._drain_over is not None:
+            self._drain_over.set()
+
+    async def _wait_unless_over(self, seconds: float) -> None:
+        assert self._drain_over is not None
+        if seconds > 0 and not self._drain_over.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drain_over.wait(), seconds)
+
+    def _close_due(self, now: float) -> None:
+        """The sweep's part of a drain: say goodbye to the oldest connections now due."""
+        pace, told = self._drain_pace, self._drain_told
+        if pace is None:
+            return
+        due = pace.quota(now, len(self._connections) - len(told))
+        if due:
+            waiting = (conn for conn in self._connections if conn not in told)
+            batch = list(itertools.islice(waiting, due))
+            told.update(batch)
+            self.hub.flush()  # what was published before a close reaches its client first
+            for conn in batch:
+                conn.shutdown()
+        if pace.over(now) and self._drain_over is not None:
+            self._drain_over.set()
+
     async def stop(self) -> None:
         """Stop accepting, say goodbye to every connection, and wait for them (bounded)."""
         if self._listener is None or self.stopping:
@@ -162,6 +240,7 @@ class Server:
             if handle is not None:
                 handle.cancel()
         self._drained = asyncio.Event()
+        self.hub.flush()  # nothing published before a goodbye is lost to its client
         for conn in list(self._connections):
             conn.shutdown()
         if self._connections:
@@ -174,6 +253,7 @@ class Server:
                 for conn in list(self._connections):
                     conn.abort()
         self._connections.clear()
+        await self._board.stop()
         await self.backplane.stop()
 
     async def __aenter__(self) -> Server:
@@ -238,7 +318,12 @@ class Server:
     @property
     def ready(self) -> bool:
         """Listening and not stopping (and, with a backplane, connected to it)."""
-        return self._listener is not None and not self.stopping and self.backplane.ready
+        return (
+            self._listener is not None
+            and not self.stopping
+            and not self.draining
+            and self.backplane.ready
+        )
 
     # --- publishing ------------------------------------------------------------------------
 
@@ -261,6 +346,11 @@ class Server:
     def attach(self, channel: str, since: str | None = None) -> asyncio.Future[None] | None:
         """None when `channel` (up to `since`) is usable in the hub now, else a future."""
         return self.backplane.attach(channel, since)
+
+    def presence(self, channel: str) -> Presence | asyncio.Future[Presence]:
+        """Who is subscribed to `channel` on every node (rawrt.presence), or a future of it."""
+        local = self.hub.presence(channel, self.config.presence_max_users)
+        return self._board.presence(channel, local)
 
     # --- the registry of open connections --------------------------------------------------
 
@@ -316,6 +406,8 @@ class Server:
         self._uncount(self._connections.pop(conn, ""))
         self._sockets.pop(conn, None)
         self._streams.pop(conn, None)
+        if self._drain_told:
+            self._drain_told.discard(conn)
         if self._drained is not None and not self._connections:
             self._drained.set()
 
@@ -352,13 +444,23 @@ class Server:
         if c.redis_url or c.redis_master:
             period = min(period, max(c.redis_linger_s, _MIN_SWEEP_S))
         delay = max(_MIN_SWEEP_S, period / _SWEEPS_PER_PERIOD)
+        if c.redis_url or c.redis_master:  # presence reports: every third of their ttl
+            delay = min(delay, max(_MIN_SWEEP_S, c.presence_ttl_s / 3))
+        if self._drain_pace is not None:
+            delay = min(delay, _drain_tick_s(c.drain_s))
         assert self._loop is not None
         self._sweep_due = self._loop.time() + delay
         self._sweep_handle = self._loop.call_later(delay, self._sweep)
 
+    def _restart_sweep(self) -> None:
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+        self._sweep()
+
     def _sweep(self) -> None:
         now = self.clock()
         self.loop_lag_s = max(0.0, now - self._sweep_due)
+        self._close_due(now)
         for ws in tuple(self._sockets.values()):
             ws.check_liveness(now)
         if now >= self._next_heartbeat:
@@ -372,7 +474,16 @@ class Server:
             for stream in tuple(self._streams.values()):
                 stream.check_expiry(wall_now)
         self.backplane.sweep(now)
+        self._board.report(now, self._presences)
         self._schedule_sweep()
+
+    def _presences(self) -> dict[str, Presence]:
+        return self.hub.presences(self.config.presence_max_users)
+
+
+def _drain_tick_s(drain_s: float) -> float:
+    """How often the sweep runs during a drain: a hundred slices, at most 20 a second."""
+    return max(_MIN_SWEEP_S, drain_s / _DRAIN_SLICES)
 
 
 class _MetricsEdge:

@@ -3,7 +3,8 @@
 The supervisor binds the port first with SO_REUSEPORT (so `--port 0` picks one port for
 all), starts N copies of the same command line with that port, and lets the kernel spread
 incoming connections over their listeners. A worker that dies is started again (at most
-`_MAX_RESTARTS` times a minute); SIGINT or SIGTERM is passed on to every worker, and the
+`_MAX_RESTARTS` times a minute); SIGINT or SIGTERM is passed on to every worker as SIGTERM
+(each then drains: rawrt.drain), a second one too (which cuts the drains short), and the
 supervisor exits when they have.
 
 Each process holds its own connections and its own hub; they agree on every channel because
@@ -73,9 +74,18 @@ def _run(
 ) -> int:
     port = reserved.getsockname()[1]
     stop = threading.Event()
+    workers: list[subprocess.Popen[bytes]] = []
+
+    def on_signal(*_: object) -> None:
+        if stop.is_set():  # a second signal cuts the workers' drains short: pass it on
+            for worker in workers:
+                if worker.poll() is None:
+                    worker.terminate()
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    workers = [_start(argv, port, i, metrics_dir) for i in range(config.workers)]
+        signal.signal(sig, on_signal)
+    workers.extend(_start(argv, port, i, metrics_dir) for i in range(config.workers))
     log.info("supervising %d workers on http://%s:%d", config.workers, config.host, port)
     restarts: list[float] = []
     while not stop.wait(0.5):
@@ -91,14 +101,17 @@ def _run(
             if metrics_dir is not None:
                 metrics.forget_process(worker.pid, metrics_dir)
             workers[i] = _start(argv, port, i, metrics_dir)
-    return _stop_all(workers, reserved)
+    # A worker drains first (rawrt.drain): give it that long on top of stopping.
+    return _stop_all(workers, reserved, config.drain_delay_s + config.drain_s)
 
 
-def _stop_all(workers: list[subprocess.Popen[bytes]], reserved: socket.socket) -> int:
+def _stop_all(
+    workers: list[subprocess.Popen[bytes]], reserved: socket.socket, drain_s: float
+) -> int:
     for worker in workers:
         if worker.poll() is None:
             worker.terminate()
-    deadline = time.monotonic() + _STOP_TIMEOUT_S
+    deadline = time.monotonic() + _STOP_TIMEOUT_S + drain_s
     status = 0
     for worker in workers:
         try:

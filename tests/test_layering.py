@@ -28,6 +28,8 @@ CORE = sorted(
         PACKAGE / "access.py",
         PACKAGE / "tokens.py",
         PACKAGE / "netpolicy.py",
+        PACKAGE / "drain.py",
+        PACKAGE / "presence.py",
         PACKAGE / "client" / "core.py",  # the client's feeds: sans-I/O like the server's core
     ]
     + [p for p in (PACKAGE / "wire").glob("*.py")]

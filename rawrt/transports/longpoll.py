@@ -48,6 +48,7 @@ class ParkedPoll(asyncio.Protocol):
         "_pending",
         "_timer",
         "_transport",
+        "_user",
         "client",
     )
 
@@ -59,8 +60,10 @@ class ParkedPoll(asyncio.Protocol):
         keep_alive: bool,
         cors: CorsHeaders,
         client: str,
+        user: str | None = None,
     ) -> None:
         self._host = host
+        self._user = user  # the token's `sub`, which presence lists (None: no token)
         self._cors = cors  # the CORS answer to this request, shared when it is constant
         self.client = client  # the address it counts for (rawrt.edge.Session)
         self._transport: asyncio.Transport | None = transport
@@ -76,7 +79,7 @@ class ParkedPoll(asyncio.Protocol):
         self._transport.set_protocol(self)
         self._host.register(self)
         self._cursor = self._host.hub.head_id(self._channel)
-        self._host.hub.park(self._channel, self)
+        self._host.hub.park(self._channel, self, self._user)
         self._timer = asyncio.get_running_loop().call_later(timeout_s, self._expire)
 
     def wake(self, answer: PollAnswer) -> None:

@@ -61,7 +61,7 @@ _UNAVAILABLE_RETRY_MS = 2000
 class EventStream(asyncio.Protocol):
     """An open text/event-stream response subscribed to one channel."""
 
-    __slots__ = ("_expires_at", "_host", "_input_bytes", "_sub", "_transport", "client")
+    __slots__ = ("_expires_at", "_host", "_input_bytes", "_sub", "_transport", "_user", "client")
 
     def __init__(
         self,
@@ -69,8 +69,10 @@ class EventStream(asyncio.Protocol):
         transport: asyncio.Transport,
         client: str,
         expires_at: float | None = None,
+        user: str | None = None,
     ) -> None:
         self._host = host
+        self._user = user  # the token's `sub`, which presence lists (None: no token)
         self.client = client  # the address it counts for (rawrt.edge.Session)
         self._transport: asyncio.Transport | None = transport
         self._sub: Subscription | None = None
@@ -90,7 +92,9 @@ class EventStream(asyncio.Protocol):
         transport.write(
             stream_head(cors) + sse.retry(config.sse_retry_ms) + sse.event(_CONNECTED, first_id)
         )
-        self._sub = hub.subscribe(channel, Kind.SSE, transport.write, last_event_id, start=False)
+        self._sub = hub.subscribe(
+            channel, Kind.SSE, transport.write, last_event_id, start=False, user=self._user
+        )
         hub.resume(self._sub)  # replay only now: a full socket can pause a known subscription
 
     def heartbeat(self) -> None:

@@ -447,7 +447,8 @@ class ChannelSocket(WebSocketSession):
         hub = self._host.hub
         self.send_text(envelope.subscribed(channel, hub.head_id(channel)))
         assert self._transport is not None
-        sub = hub.subscribe(channel, Kind.WS, self._transport.write, since, start=False)
+        user = self._grant.sub if self._grant is not None else None
+        sub = hub.subscribe(channel, Kind.WS, self._transport.write, since, start=False, user=user)
         self._subs[channel] = sub  # known before the replay, so a full socket can pause it
         if not self._write_paused:
             hub.resume(sub)
