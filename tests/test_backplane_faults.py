@@ -415,7 +415,7 @@ async def test_nodes_keep_their_primary_while_no_sentinel_answers(
 ) -> None:
     """Sentinels gone, Redis fine: the nodes keep serving on the connections they have.
 
-    (A new connection needs a Sentinel to name the primary: none can be opened meanwhile.)
+    (A new connection goes to the primary the Sentinels last named.)
     """
     primary = started(redis_servers, RedisServer(tmp_path / "primary"))
     sentinels = [
