@@ -86,8 +86,14 @@ def client_for(
     assert master and config.redis_sentinel, "a Sentinel master needs redis_sentinel"
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
         addresses(config.redis_sentinel),
-        socket_timeout=config.redis_timeout_s,
-        socket_connect_timeout=config.redis_timeout_s,
+        sentinel_kwargs={
+            "socket_timeout": config.redis_timeout_s,
+            "socket_connect_timeout": config.redis_timeout_s,
+            # Not redis-py's default of ten tries with backoff: a Sentinel that is down
+            # would hold each new connection (and its publish) for seconds, past its
+            # deadline; the next Sentinel is asked instead.
+            "retry": Retry(NoBackoff(), 0),
+        },
     )
     client = sentinel.master_for(master, connection_pool_class=_SentinelPool, **options)
     return client, sentinel
@@ -100,11 +106,11 @@ class _SentinelPool(SentinelConnectionPool):
     async def get_master_address(self) -> tuple[str, int]:
         try:
             address: tuple[str, int] = await super().get_master_address()  # type: ignore[no-untyped-call]
-        except MasterNotFoundError as exc:
+        except MasterNotFoundError:  # its message lists every Sentinel client, at length
             last: tuple[str, int] | None = self.master_address  # set by each naming
             if last is None:
                 raise  # never named one: nothing to keep to
-            log.info("no Sentinel names a primary (%s); keeping %s:%s", exc, *last)
+            log.info("no Sentinel names a primary that is up; keeping %s:%s", *last)
             return last
         return address
 
