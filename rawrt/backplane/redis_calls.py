@@ -6,6 +6,14 @@ Theory of operation
 (`master_for`), with the settings every connection needs: timeouts, a bounded pool, no
 automatic retry, a client name.
 
+With Sentinel, each new connection asks the Sentinels for the primary. A Sentinel names a
+primary only while it thinks it up, and it thinks a primary down as soon as its own pings
+go unanswered for down-after-milliseconds: for a moment after a promotion (its link to the
+new primary is new) or when it is slow itself. redis-py then refuses the connection, and
+with it a publish, although the primary serves fine. `_SentinelPool` connects to the
+primary the Sentinels last named instead, as the pub/sub reader keeps its connection when
+no Sentinel names one: if that primary is really gone, the connection is refused at once.
+
 A `ScriptQueue` holds calls of one Lua script, each answered by a future. A worker (`serve()`)
 takes up to _BATCH queued calls and sends them as one pipeline: SCRIPT LOAD, then one EVALSHA
 per call, a single round trip whatever the number, under a deadline of redis_timeout_s. Each
@@ -31,7 +39,7 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import redis.asyncio as aioredis
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -78,10 +86,33 @@ def client_for(
     assert master and config.redis_sentinel, "a Sentinel master needs redis_sentinel"
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
         addresses(config.redis_sentinel),
-        socket_timeout=config.redis_timeout_s,
-        socket_connect_timeout=config.redis_timeout_s,
+        sentinel_kwargs={
+            "socket_timeout": config.redis_timeout_s,
+            "socket_connect_timeout": config.redis_timeout_s,
+            # Not redis-py's default of ten tries with backoff: a Sentinel that is down
+            # would hold each new connection (and its publish) for seconds, past its
+            # deadline; the next Sentinel is asked instead.
+            "retry": Retry(NoBackoff(), 0),
+        },
     )
-    return sentinel.master_for(master, **options), sentinel
+    client = sentinel.master_for(master, connection_pool_class=_SentinelPool, **options)
+    return client, sentinel
+
+
+class _SentinelPool(SentinelConnectionPool):
+    """A Sentinel master's pool that, when no Sentinel names a primary that is up, keeps
+    to the last one they named (see the module docstring)."""
+
+    async def get_master_address(self) -> tuple[str, int]:
+        try:
+            address: tuple[str, int] = await super().get_master_address()  # type: ignore[no-untyped-call]
+        except MasterNotFoundError:  # its message lists every Sentinel client, at length
+            last: tuple[str, int] | None = self.master_address  # set by each naming
+            if last is None:
+                raise  # never named one: nothing to keep to
+            log.info("no Sentinel names a primary that is up; keeping %s:%s", *last)
+            return last
+        return address
 
 
 def addresses(text: str) -> list[tuple[str, int]]:
