@@ -20,7 +20,8 @@ different byte than rawrt does (request smuggling). Probed against h11 0.16.0, i
 Where h11 is stricter than the RFCs, rawrt keeps h11's answer (refusing is safe) and this
 module refuses the same inputs, so that its verdict is h11's or stricter and never looser:
 an empty line before the request line, whitespace between a chunk size and its first `;`,
-chunk sizes and Content-Length values of more than 20 digits.
+chunk sizes and Content-Length values of more than 20 digits, empty elements in the
+Transfer-Encoding list (`, chunked`).
 
 Theory of operation. A `StrictParser` wraps one `h11.Connection` for one request, as rawrt's
 HTTP driver uses h11 (a new parser per request, fed the bytes left over from the last one).
@@ -181,9 +182,9 @@ def _transfer_coding(codings: list[bytes], http_1_0: bool) -> int:
         raise HttpError(400, "Transfer-Encoding in an HTTP/1.0 request")
     if len(codings) > 1:
         raise HttpError(400, "more than one Transfer-Encoding header")
-    # RFC 9110 §5.6.1.2: a recipient ignores empty list elements.
-    names = [c.strip(b" \t").lower() for c in codings[0].split(b",") if c.strip(b" \t")]
-    if not names or names[-1] != b"chunked" or b"chunked" in names[:-1]:
+    names = [c.strip(b" \t").lower() for c in codings[0].split(b",")]
+    # RFC 9110 §5.6.1.2 would have empty list elements ignored; h11 refuses them (501).
+    if names[-1] != b"chunked" or b"chunked" in names[:-1] or b"" in names:
         # RFC 9112 §6.3: chunked not final (or applied twice) is 400, then close.
         raise HttpError(400, "Transfer-Encoding must end with chunked, once")
     if len(names) > 1:
