@@ -43,7 +43,7 @@ from rawrt.tokens import Grant
 from rawrt.transports.longpoll import ParkedPoll, poll_response
 from rawrt.transports.sse import EventStream, stream_unavailable
 from rawrt.transports.websocket import ChannelSocket, EchoSocket, WebSocketSession
-from rawrt.wire import envelope, handshake, http
+from rawrt.wire import envelope, handshake, http, names
 
 __all__ = ["MetricsRouter", "Router"]
 
@@ -324,9 +324,10 @@ class Router:
     # --- helpers ---------------------------------------------------------------------------
 
     def _check_channel(self, channel: str) -> None:
-        limit = self._host.config.max_channel_bytes
-        if len(channel.encode("utf-8", "surrogatepass")) > limit:
-            raise HttpError(400, f"channel name is longer than {limit} bytes")
+        # The grammar WebSocket frames are held to as well (rawrt.wire.names).
+        problem = names.channel_problem(channel, self._host.config.max_channel_bytes)
+        if problem is not None:
+            raise HttpError(400, problem)
 
     def _json(self, request: Request, value: object, status: int = 200) -> bytes:
         cors = self._host.cors_for(request.headers)
