@@ -28,7 +28,16 @@ from collections.abc import Callable
 
 from rawrt.assets import Asset, load_asset
 from rawrt.config import demo_enabled
-from rawrt.edge import AnyReply, CorsHeaders, Exchange, Handler, Reply, Request, RouterHost
+from rawrt.edge import (
+    AT_CAPACITY,
+    AnyReply,
+    CorsHeaders,
+    Exchange,
+    Handler,
+    Reply,
+    Request,
+    RouterHost,
+)
 from rawrt.errors import (
     BackplaneUnavailable,
     BadMessage,
@@ -107,6 +116,19 @@ class Router:
             return self._preflight, ""
         allow = ", ".join(sorted({m.decode() for m in allowed} | {"OPTIONS"}))
         raise HttpError(405, "method not allowed here", headers=(("Allow", allow),))
+
+    def at_capacity(self, request: Request) -> bytes:
+        """The answer when the server has no room for `request`'s connection: an event stream
+        ends at once after `retry:` (any status but 200 stops EventSource for good, NOTES),
+        every other route gets 503. Either way the connection closes."""
+        cors = self._host.cors_for(request.headers)
+        try:
+            handler, _ = self.resolve(request)
+        except HttpError:
+            handler = self._not_found
+        if handler == self._sse:
+            return stream_unavailable(cors, AT_CAPACITY)
+        return http.error_response(503, AT_CAPACITY, headers=cors)
 
     # --- handlers --------------------------------------------------------------------------
 
