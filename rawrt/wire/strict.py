@@ -244,9 +244,12 @@ class Framer:
         """Buffer the head, or a chunk or trailer line, up to the CRLF that ends it."""
         buffer = self._buffer
         start = len(buffer)
-        # One byte past the bound is enough to know it is passed; the body stays unread.
-        buffer += data[at : at + self._max_head_bytes - start + 1]
         end = b"\r\n\r\n" if self._state == _HEAD else b"\r\n"
+        # Copy no further than the end of the line (pipelined requests may follow) and one
+        # byte past the bound, which is enough to know it is passed.
+        window = min(len(data), at + self._max_head_bytes - start + 1)
+        ends_at = data.find(end, at, window)
+        buffer += data[at : ends_at + len(end) if ends_at >= 0 else window]
         found = buffer.find(end, max(start - len(end) + 1, 0))
         stop = len(buffer) if found < 0 else found + len(end)
         bare = _BARE_CR_OR_LF.search(buffer, max(start - 1, 0), stop)
