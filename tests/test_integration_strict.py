@@ -100,12 +100,24 @@ def assert_refused(output: bytes, status: int = 400) -> None:
     assert json.loads(body)["status"] == status
 
 
+UPGRADE = (
+    b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+)
 HEAD = f"POST /api/publish/watch HTTP/1.1\r\nHost: {HOST}\r\n".encode()
 CHUNKED = HEAD + b"Transfer-Encoding: chunked\r\n\r\n"
 SMUGGLING = {
     # h11 would have answered the first request and then run the publish.
     "bare LF head": f"GET /healthz HTTP/1.1\nHost: {HOST}\n\n".encode() + publish(),
-    "bare LF ends a CRLF head": f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\n\n".encode()
+    "bare LF ends a CRLF head": f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\n\n".encode() + publish(),
+    # The same on each transport's own request: an upgrade, an event stream, a poll.
+    "bare LF upgrade": f"GET /ws HTTP/1.1\r\nHost: {HOST}\r\n".encode()
+    + UPGRADE
+    + b"\n"
+    + publish(),
+    "bare LF event stream": f"GET /api/sse/subscribe/watch HTTP/1.1\nHost: {HOST}\n\n".encode()
+    + publish(),
+    "bare LF poll": f"GET /api/poll/watch?timeout=0 HTTP/1.1\r\nHost: {HOST}\n\r\n".encode()
     + publish(),
     "TE on HTTP/1.0": b"POST /api/publish/watch HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"
     b"2\r\n{}\r\n0\r\n\r\n" + publish(),
@@ -154,10 +166,6 @@ HOSTS = {
     "bad port": b"a:80x",
     "userinfo": b"u@a",
 }
-UPGRADE = (
-    b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-)
 
 
 @pytest.mark.parametrize("host", HOSTS.values(), ids=HOSTS.keys())
