@@ -135,6 +135,8 @@ HELP = {
     "metrics_host": "address of a listener of its own for /metrics, which then is served "
     "only there; empty serves it on the main listener",
     "metrics_port": "TCP port of --metrics-host; 0 picks a free one (the log line names it)",
+    "max_shed_connections": "connections past the connection cap kept until their request "
+    "head is read, so an event stream gets 200 and retry: instead of 503; more get 503 at once",
 }
 # Short option names users expect; the long forms stay valid.
 ALIASES = {

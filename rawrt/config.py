@@ -125,6 +125,11 @@ class Config:
     # ... and how many it may send at once above that rate (the bucket's size), enough for a
     # client that subscribes to all its channels on connect (max_subscriptions is 256).
     max_client_message_burst: int = 300
+    # Connections past max_connections (or a client's allowance) held just long enough to read
+    # their request head (request_timeout_s, max_head_bytes), so an event stream gets a 200
+    # with `retry:` it reconnects after instead of a 503 that stops EventSource for good;
+    # past this many at once, a new one gets the 503 at accept. Each costs a file descriptor.
+    max_shed_connections: int = 1000
 
     # --- timing ------------------------------------------------------------------------------
     # Server pings every WebSocket this often ...
@@ -250,6 +255,7 @@ def _problems(c: Config) -> list[str]:
         "max_header_count",
         "max_target_bytes",
         "max_pending_input_bytes",
+        "max_shed_connections",
         "ping_interval_s",
         "ping_timeout_s",
         "sse_heartbeat_s",

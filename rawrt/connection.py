@@ -1,14 +1,23 @@
 """The HTTP/1.1 side of a TCP connection: h11 parses, rawrt routes and answers.
 
-Every accepted socket starts here. `HttpConnection` feeds bytes to an `h11.Connection`,
+Every accepted socket starts here. `HttpConnection` feeds bytes to h11 through
+rawrt.wire.strict (which refuses, before h11 sees them, the requests h11 is too lenient with:
+bare CR or LF, obs-fold, ambiguous framing headers, an invalid Host, loose chunked framing),
 enforces the limits h11 leaves to its user (whole-head size, header count, target length,
-Content-Length with Transfer-Encoding, a deadline on slow requests), and routes each complete
+a deadline on every request, and on a connection that sends nothing), and routes each complete
 request through its host's router. Plain requests are answered here and the connection waits
 for the next one (keep-alive, pipelining). A handler may instead hand the socket over to a
 transport (a WebSocket, an event stream, a parked long poll: rawrt.routes says which) with
 `take_over()`, and this object is dropped, so an open WebSocket or event stream keeps no HTTP
 parser. A new h11 parser is made for each request, which keeps this object's state to one
 request at a time.
+
+At the connection cap (global, or the client's allowance) a new connection is not refused
+blind: the route is not known at accept, and a 503 stops a browser's EventSource for good
+(WHATWG HTML §9.2), so up to `max_shed_connections` of them are kept just long enough to read
+their request head (bounded by `max_head_bytes` and `request_timeout_s`) and answered by the
+router's `at_capacity`: 200 with `retry:` and an immediate end for an event stream, 503 for
+everything else. Past that bound they get the 503 at once.
 
 All it uses of the server is an `HttpHost` (rawrt.edge): it knows no transport and no
 `Server`, and runs with a fake host in a test.
@@ -31,18 +40,16 @@ from typing import cast
 import h11
 
 from rawrt.config import Config
-from rawrt.edge import HttpHost, Reply, Request
+from rawrt.edge import AT_CAPACITY, HttpHost, Reply, Request
 from rawrt.edge import RequestHeaders as Headers
 from rawrt.errors import HttpError
 from rawrt.logs import access as log_access
 from rawrt.wire import http
+from rawrt.wire.strict import StrictParser
 
 __all__ = ["HttpConnection", "Reply", "Request"]
 
 log = logging.getLogger("rawrt")
-
-# The answer at the connection cap, global or per client address: the same 503 and close.
-AT_CAPACITY = "server is at its connection limit"
 
 
 class HttpConnection(asyncio.Protocol):
@@ -58,6 +65,7 @@ class HttpConnection(asyncio.Protocol):
         "_proxied",
         "_receiving",
         "_request",
+        "_shedding",
         "_timer",
         "_transport",
         "_waiting",
@@ -78,14 +86,10 @@ class HttpConnection(asyncio.Protocol):
         self._proxied = False  # the peer is a trusted proxy: each request names its client
         self.client = ""  # the address this connection counts for (see the docstring)
         self._began = 0.0  # when the request being served began to arrive (the access log)
+        self._shedding = False  # over the cap: read the head only, then answer at_capacity
 
-    def _new_parser(self, trailing: bytes) -> h11.Connection:
-        parser = h11.Connection(
-            h11.SERVER, max_incomplete_event_size=self._host.config.max_head_bytes
-        )
-        if trailing:
-            parser.receive_data(trailing)
-        return parser
+    def _new_parser(self, trailing: bytes) -> StrictParser:
+        return StrictParser(self._host.config.max_head_bytes, trailing)
 
     # --- asyncio.Protocol ------------------------------------------------------------------
 
@@ -97,12 +101,16 @@ class HttpConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(config.write_high_water, config.write_low_water)
         self._identify(transport)
         if not self._host.admit(self):
-            self._host.counts.refuse("http", 503)
-            transport.write(http.error_response(503, AT_CAPACITY))
-            transport.close()
-            self._transport = None
-            return
-        self._wait_for_request()
+            if not self._host.shed(self):
+                self._host.counts.refuse("http", 503)
+                transport.write(http.error_response(503, AT_CAPACITY))
+                transport.close()
+                self._transport = None
+                return
+            self._shedding = True
+        # A connection that has sent nothing gets the same deadline as a request: an idle
+        # socket costs a file, and without this one was held for keepalive_timeout_s.
+        self._start_timer(config.request_timeout_s, self._idle_timed_out)
 
     def adopt(self, transport: asyncio.Transport, pending: bytes) -> None:
         """Take over a kept-alive connection from a finished long poll."""
@@ -159,8 +167,8 @@ class HttpConnection(asyncio.Protocol):
         while self._transport is not None:
             try:
                 event = self._parser.next_event()
-            except h11.RemoteProtocolError as exc:
-                self._refuse(HttpError(exc.error_status_hint or 400, str(exc)))
+            except HttpError as exc:  # h11's refusals, and rawrt.wire.strict's
+                self._refuse(exc)
                 return
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return
@@ -196,23 +204,39 @@ class HttpConnection(asyncio.Protocol):
         self._body = []
         self._body_bytes = 0
         _check_head(event.target, headers, self._host.config)
-        if self._proxied:
-            self._forwarded(headers)
+        if self._shedding:
+            self._at_capacity(event, headers)
+            return
+        if self._proxied and not self._forwarded(headers):
+            self._at_capacity(event, headers)
+            return
         length = _content_length(headers)
         if length is not None and length > self._host.config.max_body_bytes:
             raise self._too_large()
         if self._parser.they_are_waiting_for_100_continue and self._transport is not None:
             self._transport.write(http.CONTINUE)
 
-    def _forwarded(self, headers: Headers) -> None:
-        """A request through a trusted proxy: count it for the client the proxy names."""
+    def _forwarded(self, headers: Headers) -> bool:
+        """A request through a trusted proxy: count it for the client the proxy names;
+        False when that client is at its allowance."""
         forwarded = [value for name, value in headers if name == b"x-forwarded-for"]
         real_ip = next((value for name, value in headers if name == b"x-real-ip"), None)
         client = self._host.trusted_proxies.client_address(self._peer, forwarded, real_ip)
         if not self._host.reclaim(self, client):
             self.client = ""
-            raise HttpError(503, AT_CAPACITY)
+            return False
         self.client = client
+        return True
+
+    def _at_capacity(self, event: h11.Request, headers: Headers) -> None:
+        """Answer a request the server has no room for (see the module docstring), unread
+        body and all, and close."""
+        # Counted as the cap's 503 even when an event stream is told to retry with a 200.
+        self._host.counts.refuse("http", 503)
+        self._request = None
+        request = _request_of(event, headers, b"", self.client)
+        request.keep_alive = False
+        self.send(_for_method(self._host.router.at_capacity(request), request), False)
 
     def _add_body(self, data: bytes) -> None:
         self._body.append(data)
@@ -373,7 +397,8 @@ class HttpConnection(asyncio.Protocol):
 
 
 def _check_head(target: bytes, headers: Headers, config: Config) -> None:
-    """The limits h11 does not enforce on a head that arrived whole (h11 issue #182)."""
+    """The limits h11 does not enforce on a head that arrived whole (h11 issue #182); its
+    framing was checked by rawrt.wire.strict before h11 saw it."""
     if len(target) > config.max_target_bytes:
         raise HttpError(414, f"request target is longer than {config.max_target_bytes} bytes")
     if len(headers) > config.max_header_count:
@@ -381,10 +406,6 @@ def _check_head(target: bytes, headers: Headers, config: Config) -> None:
     size = len(target) + sum(len(k) + len(v) + 4 for k, v in headers)
     if size > config.max_head_bytes:
         raise HttpError(431, f"request head is larger than {config.max_head_bytes} bytes")
-    names = {k for k, _ in headers}
-    # RFC 9112 §6.1: a request with both "ought to be handled as an error" (smuggling risk).
-    if b"transfer-encoding" in names and b"content-length" in names:
-        raise HttpError(400, "Content-Length together with Transfer-Encoding")
 
 
 def _content_length(headers: Headers) -> int | None:

@@ -47,6 +47,7 @@ from rawrt.netpolicy import TrustedProxies
 from rawrt.presence import Presence
 
 __all__ = [
+    "AT_CAPACITY",
     "AnyReply",
     "CorsHeaders",
     "Exchange",
@@ -64,6 +65,9 @@ __all__ = [
     "StreamHost",
     "StreamSession",
 ]
+
+# The answer at the connection cap, global or per client address.
+AT_CAPACITY = "server is at its connection limit"
 
 RequestHeaders = list[tuple[bytes, bytes]]  # (lower-cased name, value), as h11 gives them
 CorsHeaders = tuple[tuple[str, str], ...]  # the CORS headers of one answer (rawrt.access)
@@ -110,6 +114,10 @@ Handler = Callable[[Request, Exchange, str], AnyReply]
 class Resolver(Protocol):
     def resolve(self, request: Request) -> tuple[Handler, str]:
         """The handler for `request` and the channel named in its path ("" if none)."""
+        ...
+
+    def at_capacity(self, request: Request) -> bytes:
+        """The answer to a request the server has no room for (a whole response)."""
         ...
 
 
@@ -173,6 +181,11 @@ class HttpHost(Protocol):
     def admit(self, conn: Session) -> bool:
         """Register a new connection, unless the server (or its client's allowance) is
         full, or the server is stopping."""
+        ...
+
+    def shed(self, conn: Session) -> bool:
+        """Hold a connection `admit` refused just long enough to read its request head,
+        unless `max_shed_connections` are held already; `forget` releases it."""
         ...
 
     def reclaim(self, conn: Session, client: str) -> bool:

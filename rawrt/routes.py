@@ -29,7 +29,16 @@ from collections.abc import Callable
 
 from rawrt.assets import Asset, load_asset
 from rawrt.config import demo_enabled
-from rawrt.edge import AnyReply, CorsHeaders, Exchange, Handler, Reply, Request, RouterHost
+from rawrt.edge import (
+    AT_CAPACITY,
+    AnyReply,
+    CorsHeaders,
+    Exchange,
+    Handler,
+    Reply,
+    Request,
+    RouterHost,
+)
 from rawrt.errors import (
     BackplaneUnavailable,
     BadMessage,
@@ -45,7 +54,7 @@ from rawrt.tokens import Grant
 from rawrt.transports.longpoll import ParkedPoll, poll_response
 from rawrt.transports.sse import EventStream, stream_unavailable
 from rawrt.transports.websocket import ChannelSocket, EchoSocket, WebSocketSession
-from rawrt.wire import envelope, handshake, http
+from rawrt.wire import envelope, handshake, http, names
 from rawrt.wire.history import history_body
 
 __all__ = ["MetricsRouter", "Router"]
@@ -112,6 +121,19 @@ class Router:
             return self._preflight, ""
         allow = ", ".join(sorted({m.decode() for m in allowed} | {"OPTIONS"}))
         raise HttpError(405, "method not allowed here", headers=(("Allow", allow),))
+
+    def at_capacity(self, request: Request) -> bytes:
+        """The answer when the server has no room for `request`'s connection: an event stream
+        ends at once after `retry:` (any status but 200 stops EventSource for good, NOTES),
+        every other route gets 503. Either way the connection closes."""
+        cors = self._host.cors_for(request.headers)
+        try:
+            handler, _ = self.resolve(request)
+        except HttpError:
+            handler = self._not_found
+        if handler == self._sse:
+            return stream_unavailable(cors, AT_CAPACITY)
+        return http.error_response(503, AT_CAPACITY, headers=cors)
 
     # --- handlers --------------------------------------------------------------------------
 
@@ -381,9 +403,10 @@ class Router:
     # --- helpers ---------------------------------------------------------------------------
 
     def _check_channel(self, channel: str) -> None:
-        limit = self._host.config.max_channel_bytes
-        if len(channel.encode("utf-8", "surrogatepass")) > limit:
-            raise HttpError(400, f"channel name is longer than {limit} bytes")
+        # The grammar WebSocket frames are held to as well (rawrt.wire.names).
+        problem = names.channel_problem(channel, self._host.config.max_channel_bytes)
+        if problem is not None:
+            raise HttpError(400, problem)
 
     def _json(self, request: Request, value: object, status: int = 200) -> bytes:
         cors = self._host.cors_for(request.headers)

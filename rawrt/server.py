@@ -105,6 +105,8 @@ class Server:
         self._scheme = "http"
         # Every open connection, and the client address it counts for ("" for none).
         self._connections: dict[Session, str] = {}
+        # Connections past the cap, held only to read their request head (HttpHost.shed).
+        self._shed: set[Session] = set()
         self.trusted_proxies = TrustedProxies.parse(self.config.trusted_proxies)
         self._per_ip = ConnectionsPerIp(
             self.config.max_connections_per_ip, max_tracked=self.config.max_connections
@@ -241,8 +243,8 @@ class Server:
                 handle.cancel()
         self._drained = asyncio.Event()
         self.hub.flush()  # nothing published before a goodbye is lost to its client
-        for conn in list(self._connections):
-            conn.shutdown()
+        for conn in [*self._connections, *self._shed]:
+            conn.shutdown()  # a shed one closes now, or after its at-capacity answer
         if self._connections:
             try:
                 await asyncio.wait_for(self._drained.wait(), self.config.shutdown_timeout_s)
@@ -364,6 +366,13 @@ class Server:
         self._connections[conn] = conn.client
         return True
 
+    def shed(self, conn: Session) -> bool:
+        """Hold a connection `admit` refused until its head is read, within a bound."""
+        if self.stopping or len(self._shed) >= self.config.max_shed_connections:
+            return False
+        self._shed.add(conn)
+        return True
+
     def reclaim(self, conn: Session, client: str) -> bool:
         """Count `conn` for `client` now (a request through a trusted proxy named it)."""
         held = self._connections.get(conn)
@@ -403,6 +412,7 @@ class Server:
         self.register(stream)
 
     def forget(self, conn: Session) -> None:
+        self._shed.discard(conn)
         self._uncount(self._connections.pop(conn, ""))
         self._sockets.pop(conn, None)
         self._streams.pop(conn, None)
@@ -518,6 +528,9 @@ class _MetricsEdge:
     # The server's registry, so that its caps count these and stop() closes them too.
     def admit(self, conn: Session) -> bool:
         return self._server.admit(conn)
+
+    def shed(self, conn: Session) -> bool:
+        return False  # no event stream here to spare a 503: a scraper gets it at accept
 
     def reclaim(self, conn: Session, client: str) -> bool:
         return self._server.reclaim(conn, client)

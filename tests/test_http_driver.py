@@ -25,7 +25,7 @@ from support import CORE, QUIET_PATCH_WRITER
 from rawrt.config import Config
 from rawrt.connection import HttpConnection
 from rawrt.counts import Counts
-from rawrt.edge import AnyReply, Exchange, Handler, Reply, Request, Session
+from rawrt.edge import AT_CAPACITY, AnyReply, Exchange, Handler, Reply, Request, Session
 from rawrt.errors import HttpError
 from rawrt.netpolicy import TrustedProxies
 from rawrt.server import Server
@@ -279,7 +279,7 @@ async def test_response_to_head_has_no_body_so_the_next_response_follows_its_hea
 class FakeHost:
     """An HttpHost (rawrt.edge): one handler for every path, and the registry as a set."""
 
-    def __init__(self, handler: Handler, *, full: bool = False) -> None:
+    def __init__(self, handler: Handler, *, full: bool = False, shed_room: int = 0) -> None:
         self.config = Config(port=0)
         self.stopping = False
         self.router = self  # resolve() below
@@ -290,6 +290,8 @@ class FakeHost:
         self.claims: list[str] = []  # what reclaim() was asked to count, in order
         self.full_clients: set[str] = set()  # reclaim() refuses these
         self.counts = Counts()
+        self.shed_room = shed_room  # connections shed() may hold past the cap
+        self.shed_heads: list[list[str]] = []  # what at_capacity() was asked to answer
 
     def resolve(self, request: Request) -> tuple[Handler, str]:
         self.paths.append(request.path)
@@ -297,6 +299,17 @@ class FakeHost:
 
     def cors_for(self, headers: list[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
         return (("Access-Control-Allow-Origin", "*"),)
+
+    def at_capacity(self, request: Request) -> bytes:
+        self.shed_heads.append(request.path)
+        return http.error_response(503, AT_CAPACITY)
+
+    def shed(self, conn: Session) -> bool:
+        if self.shed_room <= 0:
+            return False
+        self.shed_room -= 1
+        self.open.add(conn)
+        return True
 
     def admit(self, conn: Session) -> bool:
         if not self.full:
@@ -357,6 +370,16 @@ async def test_driver_refuses_with_503_when_the_host_does_not_admit_it() -> None
     _, transport = _driven(host, _request("GET /a HTTP/1.1\nHost: h\n"))
     assert _statuses(bytes(transport.written)) == [503] and transport.closed
     assert host.paths == [] and not host.open
+
+
+async def test_driver_past_the_cap_reads_the_head_and_lets_the_router_answer_it() -> None:
+    host = FakeHost(_echo_path, full=True, shed_room=1)
+    conn, transport = _driven(host, b"POST /a/b HTTP/1.1\r\nHost: h\r\nContent-Length: 9")
+    assert transport.written == bytearray() and conn in host.open  # the head is not complete
+    conn.data_received(b"\r\n\r\n{}")  # its body is never waited for
+    assert host.shed_heads == [["a", "b"]] and host.paths == []
+    assert _statuses(bytes(transport.written)) == [503] and transport.closed
+    await _until(lambda: not host.open)
 
 
 def _client_path(request: Request, conn: Exchange, channel: str) -> AnyReply:

@@ -326,11 +326,13 @@ async def test_when_every_channel_slot_is_busy_each_transport_says_so_and_recove
 async def test_unsupported_transfer_encoding_gets_501_and_is_not_logged_as_a_bug(
     server: rawrt.Server, bystanders: Bystanders, caplog: pytest.LogCaptureFixture
 ) -> None:
-    raw = (
-        f"POST /api/publish/watch HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: gzip\r\n\r\n"
-    ).encode()
+    head = f"POST /api/publish/watch HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: "
     with caplog.at_level(logging.ERROR, logger="rawrt"):
+        raw = (head + "gzip, chunked\r\n\r\n").encode()
         _assert_json_error(await request(server.port, "POST", "", raw=raw), 501)
+        # RFC 9112 §6.3: chunked not the final coding leaves the length unknown: 400.
+        raw = (head + "gzip\r\n\r\n").encode()
+        _assert_json_error(await request(server.port, "POST", "", raw=raw), 400)
     assert caplog.records == []
 
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rawrt.errors import BadMessage
+from rawrt.wire import names
 
 __all__ = [
     "INVALID_FORMAT",
@@ -156,8 +157,9 @@ def _channel(obj: dict[str, Any], max_bytes: int) -> str:
     channel = obj.get("channel")
     if not isinstance(channel, str) or not channel:
         raise BadMessage("'channel' must be a non-empty string")
-    if len(channel.encode("utf-8", "surrogatepass")) > max_bytes:
-        raise BadMessage(f"'channel' is longer than {max_bytes} bytes")
+    problem = names.channel_problem(channel, max_bytes)
+    if problem is not None:
+        raise BadMessage(problem)
     return channel
 
 
