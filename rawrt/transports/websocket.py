@@ -247,8 +247,17 @@ class WebSocketSession(asyncio.Protocol):
         else:
             frame = wsframe.close_frame(code, reason)
         self._transport.write(frame)
-        self._transport.close()
         self._parser = None
+        if not self._transport.can_write_eof():  # TLS: no half-close, the alert ends it
+            self._transport.close()
+            return
+        # Half-close and read on until the peer closes too (RFC 6455 §7.1.1: the client closes
+        # after the server). Closing a socket that still holds unread input sends a RST, which
+        # can destroy our close frame in flight: a browser then sees 1006, not our code. A
+        # peer that never closes is cut by the sweep; `_pong_due` is its deadline from here.
+        self._transport.write_eof()
+        self._transport.resume_reading()
+        self._pong_due = self._host.clock() + self._host.config.ping_timeout_s
 
     def terminate(self) -> None:
         """Drop a dead peer without a closing handshake."""
@@ -266,6 +275,8 @@ class WebSocketSession(asyncio.Protocol):
     def check_liveness(self, now: float) -> None:
         """Called by the server's sweep: ping when due, terminate if the pong is late."""
         if self._closing:
+            if self._pong_due is not None and now >= self._pong_due:
+                self.terminate()  # our close frame went out; the peer never closed its side
             return
         if self._pong_due is not None and now >= self._pong_due:
             log.info("terminating a WebSocket peer (%s) that did not answer a ping", self.client)
