@@ -21,12 +21,12 @@ from support.clients import (
     PollClient,
     RawWebSocket,
     SseClient,
-    event_json,
     request,
     ws_connect,
     ws_recv,
     ws_subscribe,
 )
+from support.controls import Controls, open_controls
 from websockets.exceptions import ConnectionClosedError
 
 import rawrt
@@ -35,32 +35,10 @@ SMALL_LIMITS = {"max_message_bytes": 1024, "max_body_bytes": 1024}
 Stack = contextlib.AsyncExitStack
 
 
-class Bystanders:
-    """A WebSocket and an SSE subscriber that must not notice anything."""
-
-    def __init__(self, server: rawrt.Server, ws: Any, sse: SseClient) -> None:
-        self.server, self.ws, self.sse = server, ws, sse
-        self.sent = 0
-
-    async def check(self) -> None:
-        """Publish the next message; both must get it, and nothing else, next."""
-        self.sent += 1
-        message_id = await self.server.publish("watch", {"n": self.sent})
-        frame = await ws_recv(self.ws)
-        assert (frame["data"], frame["id"]) == ({"n": self.sent}, message_id)
-        event = await self.sse.next_event()
-        assert event is not None
-        assert (event_json(event), event.last_event_id) == ({"n": self.sent}, message_id)
-
-
 @pytest.fixture
-async def bystanders(server: rawrt.Server, stack: Stack) -> AsyncIterator[Bystanders]:
-    ws = await stack.enter_async_context(ws_connect(server.port))
-    await ws_subscribe(ws, "watch")
-    sse = await stack.enter_async_context(SseClient(server.port, "/api/sse/subscribe/watch"))
-    await sse.next_event()  # connected
-    watchers = Bystanders(server, ws, sse)
-    await watchers.check()
+async def bystanders(server: rawrt.Server, stack: Stack) -> AsyncIterator[Controls]:
+    """A subscriber on each transport that must not notice anything."""
+    watchers = await open_controls(server, stack)
     yield watchers
     await watchers.check()
 
@@ -84,7 +62,7 @@ async def bystanders(server: rawrt.Server, stack: Stack) -> AsyncIterator[Bystan
     ],
 )
 async def test_ws_client_sending_a_bad_message_gets_an_error_frame_and_stays_connected(
-    server: rawrt.Server, stack: Stack, bystanders: Bystanders, text: str
+    server: rawrt.Server, stack: Stack, bystanders: Controls, text: str
 ) -> None:
     ws = await stack.enter_async_context(ws_connect(server.port))
     await ws.send(text)
@@ -100,7 +78,7 @@ async def test_ws_client_sending_a_bad_message_gets_an_error_frame_and_stays_con
 
 
 async def test_ws_client_sending_a_binary_frame_gets_an_error_frame(
-    server: rawrt.Server, stack: Stack, bystanders: Bystanders
+    server: rawrt.Server, stack: Stack, bystanders: Controls
 ) -> None:
     ws = await stack.enter_async_context(ws_connect(server.port))
     await ws.send(b'{"type": "ping"}')
@@ -111,7 +89,7 @@ async def test_ws_client_sending_a_binary_frame_gets_an_error_frame(
 
 @pytest.mark.parametrize("server", [SMALL_LIMITS], indirect=True)
 async def test_ws_message_over_max_message_bytes_closes_with_1009(
-    server: rawrt.Server, stack: Stack, bystanders: Bystanders
+    server: rawrt.Server, stack: Stack, bystanders: Controls
 ) -> None:
     ws = await stack.enter_async_context(ws_connect(server.port))
     await ws_subscribe(ws, "watch")
@@ -125,7 +103,7 @@ async def test_ws_message_over_max_message_bytes_closes_with_1009(
 
 @pytest.mark.parametrize("server", [SMALL_LIMITS], indirect=True)
 async def test_ws_message_over_the_limit_in_fragments_closes_with_1009(
-    server: rawrt.Server, stack: Stack, bystanders: Bystanders
+    server: rawrt.Server, stack: Stack, bystanders: Controls
 ) -> None:
     ws = await stack.enter_async_context(ws_connect(server.port))
     with pytest.raises(ConnectionClosedError) as closed:
@@ -136,7 +114,7 @@ async def test_ws_message_over_the_limit_in_fragments_closes_with_1009(
 
 @pytest.mark.parametrize("server", [SMALL_LIMITS], indirect=True)
 async def test_ws_message_at_max_message_bytes_is_accepted(
-    server: rawrt.Server, stack: Stack, bystanders: Bystanders
+    server: rawrt.Server, stack: Stack, bystanders: Controls
 ) -> None:
     ws = await stack.enter_async_context(ws_connect(server.port))
     await ws_subscribe(ws, "exact")
@@ -158,7 +136,7 @@ def _assert_json_error(response: Any, status: int) -> None:
 
 @pytest.mark.parametrize("server", [SMALL_LIMITS], indirect=True)
 async def test_publish_with_a_body_over_max_body_bytes_gets_413(
-    server: rawrt.Server, bystanders: Bystanders
+    server: rawrt.Server, bystanders: Controls
 ) -> None:
     body = json.dumps({"x": "y" * 2000})
     response = await request(server.port, "POST", "/api/publish/watch", body)
@@ -167,7 +145,7 @@ async def test_publish_with_a_body_over_max_body_bytes_gets_413(
 
 @pytest.mark.parametrize("server", [SMALL_LIMITS], indirect=True)
 async def test_publish_with_a_chunked_body_over_max_body_bytes_gets_413(
-    server: rawrt.Server, bystanders: Bystanders
+    server: rawrt.Server, bystanders: Controls
 ) -> None:
     chunk = b'"' + b"y" * 598 + b'"'
     raw = (
@@ -183,21 +161,19 @@ async def test_publish_with_a_chunked_body_over_max_body_bytes_gets_413(
     [("not json", 400), ("", 400), ("NaN", 400), (b"\xff\xfe", 400)],
 )
 async def test_publish_with_a_body_that_is_not_json_gets_400(
-    server: rawrt.Server, bystanders: Bystanders, body: str | bytes, status: int
+    server: rawrt.Server, bystanders: Controls, body: str | bytes, status: int
 ) -> None:
     response = await request(server.port, "POST", "/api/publish/watch", body)
     _assert_json_error(response, status)
 
 
-async def test_unknown_route_gets_404_with_json(
-    server: rawrt.Server, bystanders: Bystanders
-) -> None:
+async def test_unknown_route_gets_404_with_json(server: rawrt.Server, bystanders: Controls) -> None:
     for target in ("/nope", "/api/poll", "/api/sse/subscribe/", "/ws/extra"):
         _assert_json_error(await request(server.port, "GET", target), 404)
 
 
 async def test_wrong_method_on_a_known_route_gets_405_with_allow(
-    server: rawrt.Server, bystanders: Bystanders
+    server: rawrt.Server, bystanders: Controls
 ) -> None:
     response = await request(server.port, "GET", "/api/publish/watch")
     _assert_json_error(response, 405)
@@ -205,7 +181,7 @@ async def test_wrong_method_on_a_known_route_gets_405_with_allow(
 
 
 async def test_plain_get_on_ws_without_upgrade_gets_426(
-    server: rawrt.Server, bystanders: Bystanders
+    server: rawrt.Server, bystanders: Controls
 ) -> None:
     response = await request(server.port, "GET", "/ws")
     _assert_json_error(response, 426)
@@ -217,7 +193,7 @@ async def test_plain_get_on_ws_without_upgrade_gets_426(
     ["", "abc", "dGhlIHNhbXBsZSBub25jZQ", "dGhlIHNhbXBsZSBub25jZQ==x", "AAAAAAAAAAAAAAAAAAAAAAAA"],
 )
 async def test_upgrade_with_a_bad_sec_websocket_key_gets_400(
-    server: rawrt.Server, bystanders: Bystanders, key: str
+    server: rawrt.Server, bystanders: Controls, key: str
 ) -> None:
     headers = [
         ("Upgrade", "websocket"),
@@ -229,7 +205,7 @@ async def test_upgrade_with_a_bad_sec_websocket_key_gets_400(
 
 
 async def test_upgrade_with_another_websocket_version_gets_426(
-    server: rawrt.Server, bystanders: Bystanders
+    server: rawrt.Server, bystanders: Controls
 ) -> None:
     headers = [
         ("Upgrade", "websocket"),
@@ -243,19 +219,19 @@ async def test_upgrade_with_another_websocket_version_gets_426(
 
 
 async def test_headers_over_the_head_limit_get_431(
-    server: rawrt.Server, bystanders: Bystanders
+    server: rawrt.Server, bystanders: Controls
 ) -> None:
     big = [("X-Filler", "a" * 20_000)]
     _assert_json_error(await request(server.port, "GET", "/healthz", headers=big), 431)
 
 
-async def test_too_many_header_fields_get_431(server: rawrt.Server, bystanders: Bystanders) -> None:
+async def test_too_many_header_fields_get_431(server: rawrt.Server, bystanders: Controls) -> None:
     many = [(f"X-H{i}", "1") for i in range(150)]
     _assert_json_error(await request(server.port, "GET", "/healthz", headers=many), 431)
 
 
 async def test_content_length_with_transfer_encoding_gets_400(
-    server: rawrt.Server, bystanders: Bystanders
+    server: rawrt.Server, bystanders: Controls
 ) -> None:
     raw = (
         f"POST /api/publish/watch HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 3\r\n"
@@ -264,15 +240,13 @@ async def test_content_length_with_transfer_encoding_gets_400(
     _assert_json_error(await request(server.port, "POST", "", raw=raw), 400)
 
 
-async def test_garbage_instead_of_http_gets_400(
-    server: rawrt.Server, bystanders: Bystanders
-) -> None:
+async def test_garbage_instead_of_http_gets_400(server: rawrt.Server, bystanders: Controls) -> None:
     raw = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n"
     _assert_json_error(await request(server.port, "GET", "", raw=raw), 400)
 
 
 async def test_bad_poll_timeout_gets_400_and_the_connection_goes_on(
-    server: rawrt.Server, stack: Stack, bystanders: Bystanders
+    server: rawrt.Server, stack: Stack, bystanders: Controls
 ) -> None:
     http = await stack.enter_async_context(HttpClient(server.port))
     _assert_json_error(await http.send("GET", "/api/poll/watch?timeout=soon"), 400)
@@ -282,7 +256,7 @@ async def test_bad_poll_timeout_gets_400_and_the_connection_goes_on(
 
 
 async def test_raw_ws_peer_sending_an_unmasked_frame_is_closed_with_1002(
-    server: rawrt.Server, stack: Stack, bystanders: Bystanders
+    server: rawrt.Server, stack: Stack, bystanders: Controls
 ) -> None:
     peer = await stack.enter_async_context(await RawWebSocket.connect(server.port))
     await peer.send_raw(b"\x81\x05hello")  # §5.1: a client MUST mask every frame
@@ -324,7 +298,7 @@ async def test_when_every_channel_slot_is_busy_each_transport_says_so_and_recove
 
 
 async def test_unsupported_transfer_encoding_gets_501_and_is_not_logged_as_a_bug(
-    server: rawrt.Server, bystanders: Bystanders, caplog: pytest.LogCaptureFixture
+    server: rawrt.Server, bystanders: Controls, caplog: pytest.LogCaptureFixture
 ) -> None:
     head = f"POST /api/publish/watch HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: "
     with caplog.at_level(logging.ERROR, logger="rawrt"):
@@ -337,7 +311,7 @@ async def test_unsupported_transfer_encoding_gets_501_and_is_not_logged_as_a_bug
 
 
 async def test_request_target_over_max_target_bytes_gets_414(
-    server: rawrt.Server, bystanders: Bystanders
+    server: rawrt.Server, bystanders: Controls
 ) -> None:
     _assert_json_error(await request(server.port, "GET", "/api/poll/" + "x" * 9000), 414)
 
@@ -346,7 +320,7 @@ async def test_request_target_over_max_target_bytes_gets_414(
 
 
 async def test_subscribers_that_vanish_mid_stream_leave_no_trace(
-    server: rawrt.Server, stack: Stack, bystanders: Bystanders, caplog: pytest.LogCaptureFixture
+    server: rawrt.Server, stack: Stack, bystanders: Controls, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="rawrt")
     ws = await RawWebSocket.connect(server.port)

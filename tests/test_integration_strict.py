@@ -14,13 +14,11 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 from support.clients import (
     HOST,
     TIMEOUT_S,
-    PollClient,
     RawSocket,
     SseClient,
     event_json,
@@ -29,6 +27,7 @@ from support.clients import (
     ws_recv,
     ws_subscribe,
 )
+from support.controls import Controls, open_controls
 
 import rawrt
 
@@ -44,36 +43,9 @@ def publish(channel: str = "watch", version: str = "1.1") -> bytes:
     ).encode() + SMUGGLED
 
 
-class Controls:
-    """A WebSocket, an SSE and a long-poll subscriber of "watch" that must miss nothing."""
-
-    def __init__(self, server: rawrt.Server, ws: Any, sse: SseClient, poll: PollClient) -> None:
-        self.server, self.ws, self.sse, self.poll = server, ws, sse, poll
-        self.sent = 0
-
-    async def check(self) -> None:
-        """Publish the next message: each control gets it, and nothing else, next."""
-        self.sent += 1
-        message_id = await self.server.publish("watch", {"n": self.sent})
-        frame = await ws_recv(self.ws)
-        assert (frame["data"], frame["id"]) == ({"n": self.sent}, message_id)
-        event = await self.sse.next_event()
-        assert event is not None
-        assert (event_json(event), event.last_event_id) == ({"n": self.sent}, message_id)
-        body = await self.poll.poll(timeout=TIMEOUT_S)
-        assert body["messages"] == [{"n": self.sent}]
-
-
 @pytest.fixture
 async def controls(server: rawrt.Server, stack: Stack) -> AsyncIterator[Controls]:
-    ws = await stack.enter_async_context(ws_connect(server.port))
-    await ws_subscribe(ws, "watch")
-    sse = await stack.enter_async_context(SseClient(server.port, "/api/sse/subscribe/watch"))
-    await sse.next_event()  # connected
-    poll = await stack.enter_async_context(PollClient(server.port, "watch"))
-    await poll.start_at_head()
-    watchers = Controls(server, ws, sse, poll)
-    await watchers.check()
+    watchers = await open_controls(server, stack)
     yield watchers
     await watchers.check()
 
