@@ -11,7 +11,15 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from support.clients import SseClient, event_json, request, ws_connect, ws_recv, ws_subscribe
+from support.clients import (
+    PollClient,
+    SseClient,
+    event_json,
+    request,
+    ws_connect,
+    ws_recv,
+    ws_subscribe,
+)
 from websockets.asyncio.client import ClientConnection
 
 import rawrt
@@ -188,3 +196,22 @@ async def test_events_leave_message_ids_and_resume_untouched(
     assert (await ws_recv(ws))["id"] == last_id
     assert await sse_next(back) == ("join", ids[-1], event("join", "room", "eve", "ws"))
     assert await sse_next(back) == ("message", last_id, "live")
+
+
+async def test_a_parked_long_poll_is_not_woken_by_events(
+    start_server: StartServer, stack: Stack
+) -> None:
+    server = await start_server(**NODE)
+    port = server.port
+    poller = await stack.enter_async_context(PollClient(port, "open:hall"))
+    await poller.start_at_head()
+    parked = await poller.poll_sent(timeout=10)
+    watcher = await watcher_ws(stack, port, "open:hall", "alice")
+    async with ws_connect(port) as other:
+        await ws_subscribe(other, "open:hall")
+        assert await ws_recv(watcher) == event("join", "open:hall", None, "ws")
+    assert await ws_recv(watcher) == event("leave", "open:hall", None, "ws")
+    assert not parked.done()  # the joins and leaves did not answer it
+    message_id = await server.publish("open:hall", "m")
+    body = await asyncio.wait_for(parked, 5)
+    assert body["messages"] == ["m"] and body["cursor"] == message_id
