@@ -215,3 +215,23 @@ async def test_a_parked_long_poll_is_not_woken_by_events(
     message_id = await server.publish("open:hall", "m")
     body = await asyncio.wait_for(parked, 5)
     assert body["messages"] == ["m"] and body["cursor"] == message_id
+
+
+async def test_joins_past_the_rate_bound_in_one_second_are_dropped(
+    start_server: StartServer, stack: Stack
+) -> None:
+    server = await start_server(**{**NODE, "presence_events_per_s": 2})
+    port = server.port
+    watcher = await watcher_ws(stack, port, "open:hall", "alice")  # its own join counts: 1
+    started = time.monotonic()
+    for _ in range(8):
+        await watcher_ws(stack, port, "open:hall", "crowd")
+    took_s = time.monotonic() - started
+    message_id = await server.publish("open:hall", "marker")
+    seen = []
+    while (frame := await ws_recv(watcher)).get("id") != message_id:
+        seen.append(frame)
+    assert all(frame["type"] == "join" for frame in seen)
+    # Two per calendar second, the watcher's own join included: the eight joins spanned
+    # at most int(took_s) + 2 seconds (three events in well under a second).
+    assert 1 <= len(seen) <= 2 * (int(took_s) + 2) - 1, (len(seen), took_s)

@@ -155,3 +155,34 @@ async def test_redis_down_loses_events_but_never_doubles_them(
         await ws_subscribe(joiner, "room")
         assert await ws_recv(on_b) == event("join")
     assert await ws_recv(on_b) == event("leave")
+
+
+@pytest.fixture
+def two_shards(tmp_path: Path) -> Iterator[str]:
+    """Two redis-servers, as one redis_url of two shards; stopped after the servers."""
+    shards = [RedisServer(tmp_path / f"shard{n}") for n in range(2)]
+    for shard in shards:
+        shard.start()
+    yield ",".join(shard.url for shard in shards)
+    for shard in shards:
+        shard.stop()
+
+
+async def test_events_cross_on_the_shard_that_holds_the_channel(
+    two_shards: str, start_server: Any, stack: Stack
+) -> None:
+    a = await start_server(redis_url=two_shards, **NODE)
+    b = await start_server(redis_url=two_shards, **NODE)
+    await ready(a, b)
+    on_a = await watch_ws(stack, a.port)
+    on_b = await watch_ws(stack, b.port)
+    assert await ws_recv(on_a) == event("join")
+    async with ws_connect(b.port) as joiner:
+        await ws_subscribe(joiner, "room")
+        for ws in (on_a, on_b):
+            assert await ws_recv(ws) == event("join")
+    for ws in (on_a, on_b):
+        assert await ws_recv(ws) == event("leave")
+    message_id = await a.publish("room", "after")
+    for ws in (on_a, on_b):
+        assert (await ws_recv(ws))["id"] == message_id
