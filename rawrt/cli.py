@@ -126,6 +126,13 @@ HELP = {
     "status, bytes, duration, client address (true or false)",
     "presence_ttl_s": "with Redis, seconds a node's reported presence counts last; it "
     "reports every third of it, so a dead node's counts vanish within this",
+    "presence_events": "send join and leave events of a channel's WebSocket and SSE "
+    "subscribers to its other subscribers, at most once (true or false)",
+    "presence_events_max_subscribers": "subscribers of a channel on a node above which it "
+    "sends and gets no join/leave events there",
+    "presence_events_per_s": "join/leave events per channel per second on a node; more are dropped",
+    "presence_events_max_pending": "with Redis, join/leave events waiting to go to the other "
+    "nodes; more are dropped",
     "drain_delay_s": "seconds /readyz answers 503 after SIGTERM before any connection closes",
     "drain_s": "seconds over which a drain closes the open connections, evenly (0 = all at "
     "once); a second SIGTERM or SIGINT cuts it short",

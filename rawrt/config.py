@@ -175,6 +175,18 @@ class Config:
     # they count for this long: a node that died drops out of every answer within it. (The
     # reports and answers use two connections per Redis, beside redis_max_connections.)
     presence_ttl_s: float = 15.0
+    # Join and leave events of a channel's WebSocket and SSE subscribers, to its others
+    # (rawrt.presence_events); off by default: each one is a write to every other subscriber.
+    presence_events: bool = False
+    # Subscribers of a channel on a node past which its events are neither sent nor written
+    # there: events are for rooms, not audiences (a crowd joining would cost its square).
+    presence_events_max_subscribers: int = 100
+    # Join/leave events per channel per second on a node (its own and other nodes' together);
+    # more are dropped. With the above: at most 5,000 event frames per channel per second.
+    presence_events_per_s: int = 50
+    # With Redis, events waiting to be published to the other nodes; past this they are
+    # dropped (events are at most once), so a slow Redis cannot grow the queue.
+    presence_events_max_pending: int = 10_000
     # How log lines look: `text` for people, `json` (one object per line) for collectors.
     log_format: str = "text"
     # One line per answered request (method, path without its query, status, bytes,
@@ -274,6 +286,9 @@ def _problems(c: Config) -> list[str]:
         "presence_max_users",
         "history_max_limit",
         "presence_ttl_s",
+        "presence_events_max_subscribers",
+        "presence_events_per_s",
+        "presence_events_max_pending",
     )
     for name in positive:
         value = getattr(c, name)

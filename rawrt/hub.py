@@ -110,6 +110,9 @@ class Hub:
         # Subscriptions now, by Kind and then POLL (parked polls): kept on every subscribe and
         # park rather than walked over every channel at each scrape.
         self.subscriptions = [0, 0, 0]
+        # Told of every subscription's start (True) and end (False), after the hub's tables
+        # have it: rawrt.presence_events, with --presence-events. None costs one test.
+        self.on_member: Callable[[Subscription, bool], None] | None = None
 
     # --- channels --------------------------------------------------------------------------
 
@@ -369,6 +372,8 @@ class Hub:
             else:
                 sub.cursor = cursor
         ch.paused[sub] = None  # catching up, then live
+        if self.on_member is not None:
+            self.on_member(sub, True)  # still paused: a join is not written to the joiner
         if start:
             self.resume(sub)
         return sub
@@ -382,6 +387,28 @@ class Hub:
         ch.subscribers -= 1
         self.subscriptions[sub.kind] -= 1
         self._maybe_idle(ch)
+        if self.on_member is not None:
+            self.on_member(sub, False)
+
+    def write_event(self, name: str, frames: tuple[bytes, bytes], max_subscribers: int) -> int:
+        """Write an event that is not a message (no id, not logged, never replayed) to every
+        live subscriber of `name`, `frames` by Kind; paused ones miss it. Nothing is written
+        when `name` has more than `max_subscribers` here. Returns how many were written to.
+
+        Messages stay in order around it: the channel is flushed first, so the event comes
+        after every message published before it, and a write that pauses a subscriber keeps
+        its cursor at the flushed head."""
+        ch = self._channels.get(name)
+        if ch is None or ch.subscribers > max_subscribers:
+            return 0
+        self._flush_now(ch)
+        written = 0
+        for kind, live in enumerate(ch.live):
+            writes = tuple(live.values())  # a write may pause (remove) a subscriber
+            written += len(writes)
+            for write in writes:
+                write(frames[kind])
+        return written
 
     def pause(self, sub: Subscription) -> None:
         """Stop writing to `sub`; it keeps its place as a cursor."""

@@ -67,6 +67,7 @@ from rawrt.hub import Hub
 from rawrt.metrics import SYNC_S, Metrics
 from rawrt.netpolicy import ConnectionsPerIp, TrustedProxies
 from rawrt.presence import Presence
+from rawrt.presence_events import PresenceEvents
 from rawrt.routes import MetricsRouter, Router
 from rawrt.tls import server_context
 from rawrt.wire import envelope
@@ -143,6 +144,10 @@ class Server:
             assigns_ids=self.backplane.assigns_ids_locally,
             on_evict=self.backplane.on_evict,
         )
+        if c.presence_events:
+            events = PresenceEvents(c, self.hub, self.clock, self.backplane.relay_event)
+            self.hub.on_member = events.member
+            self.backplane.listen_events(events.received)
         # Built once, here: an unreadable or mismatched file is a ConfigError before binding.
         tls = server_context(c.tls_cert, c.tls_key) if c.tls_cert else None
         await self.backplane.start(self.hub)

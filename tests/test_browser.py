@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from conftest import StartServer
 from support.browser import ClientPage, chromium, open_client
-from support.clients import request
+from support.clients import request, ws_connect, ws_subscribe
 from support.redis_server import RedisServer, free_port
 
 import rawrt
@@ -522,3 +522,30 @@ async def test_publish_goes_over_the_websocket_when_open_else_http_and_answers_t
     assert refused == (
         "'channel' must be a non-empty string" if transport == "websocket" else "404"
     )
+
+
+@pytest.mark.parametrize("transport", ["websocket", "sse"])
+async def test_the_page_hears_others_join_and_leave_and_its_messages_run_on(
+    start_server: StartServer, browser: Any, transport: str
+) -> None:
+    server = await start_server(presence_events=True)
+    page = await open_client(browser, server.url, "room", transports=[transport])
+    await page.value(
+        "window.seen = [], ['join', 'leave'].forEach((kind) => window.rt.on(kind, (e) => "
+        "window.seen.push([kind, e.channel, e.user, e.transport])))"
+    )
+    await page.wait_for_transport(transport)
+    sent = [(await publish(server.port, "room", "before"), "before")]
+    await page.wait_for_count(1)
+    async with ws_connect(server.port) as other:
+        await ws_subscribe(other, "room")
+        await page.wait_until("window.seen.length >= 1")
+    await page.wait_until("window.seen.length >= 2")
+    sent.append((await publish(server.port, "room", "after"), "after"))
+    await page.wait_for_count(2)
+    assert await page.value("window.seen") == [
+        ["join", "room", None, "ws"],
+        ["leave", "room", None, "ws"],
+    ]
+    assert ids_and_data(await page.received()) == sent  # events are no messages
+    assert await page.value("window.resets") == []

@@ -30,6 +30,7 @@ CORE = sorted(
         PACKAGE / "netpolicy.py",
         PACKAGE / "drain.py",
         PACKAGE / "presence.py",
+        PACKAGE / "presence_events.py",
         PACKAGE / "client" / "core.py",  # the client's feeds: sans-I/O like the server's core
     ]
     + [p for p in (PACKAGE / "wire").glob("*.py")]

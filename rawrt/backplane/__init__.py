@@ -10,6 +10,8 @@ A `Backplane` sits between the server and the hub:
   channel is first subscribed to and synced from the shared history, so the call may return
   a future to wait on.
 - `ready` says whether publishing can work now (`/readyz`).
+- `relay_event()` / `listen_events()` carry join/leave events between nodes (at most once,
+  never numbered); alone there is nobody to carry them to.
 
 `backplane_for(config)` builds the one a Config asks for: `LocalBackplane` without Redis, a
 `RedisBackplane` for one Redis (a URL, or a Sentinel master), and for several a
@@ -23,6 +25,7 @@ is configured.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from rawrt.config import Config, redis_address, redis_urls
@@ -64,6 +67,15 @@ class Backplane(Protocol):
         """Periodic housekeeping (the server's sweep calls it)."""
         ...
 
+    def relay_event(self, channel: str, text: str) -> None:
+        """Carry a join/leave event (rawrt.presence_events) to the other nodes that hold
+        `channel`, at most once: fire and forget, dropped when it cannot go."""
+        ...
+
+    def listen_events(self, receive: Callable[[str, str], None]) -> None:
+        """Hand the other nodes' events to `receive(channel, text)` from now on."""
+        ...
+
 
 class LocalBackplane:
     """Everything in this process: the hub numbers messages, every channel is attached."""
@@ -94,6 +106,12 @@ class LocalBackplane:
         pass
 
     def sweep(self, now: float) -> None:
+        pass
+
+    def relay_event(self, channel: str, text: str) -> None:
+        pass  # no other node
+
+    def listen_events(self, receive: Callable[[str, str], None]) -> None:
         pass
 
 

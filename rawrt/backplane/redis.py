@@ -38,6 +38,10 @@ Sentinels for the primary, and the pub/sub reader checks each second that its co
 still on the primary Sentinel names, so both connections follow a failover. While Redis is
 unreachable, live subscribers stay connected, publishes fail within redis_timeout_s with
 BackplaneUnavailable (503), `ready` is False, and the node reconnects with backoff.
+
+Join/leave events (`--presence-events`) ride the channel's topic too, as `"!e <node> <JSON>"`
+PUBLISHed by an `EventSender` (rawrt.backplane.redis_presence); the reader hands other
+nodes' to the listener and skips its own echo, which this node has delivered already.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from rawrt.backplane.redis_calls import ScriptQueue, client_for, unavailable
+from rawrt.backplane.redis_presence import EventSender
 from rawrt.backplane.redis_scripts import PUBLISH, SNAPSHOT
 from rawrt.config import Config
 from rawrt.errors import BackplaneUnavailable, HubFull
@@ -134,6 +139,10 @@ class RedisBackplane:
         # Read by rawrt.metrics: seconds from a message's publish (its timestamp, the
         # publishing node's clock) to its arrival here over pub/sub, for the last one.
         self.pubsub_lag_s = 0.0
+        # Join/leave events (module docstring): None unless presence_events is on.
+        self._events = EventSender(config, url, master) if config.presence_events else None
+        self._event_mark = f"!e {_new_epoch()} "  # this node's: its echo is skipped
+        self._on_event: Callable[[str, str], None] | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -165,6 +174,8 @@ class RedisBackplane:
                 for _ in range(snapshotters)
             ),
         ]
+        if self._events is not None:
+            self._tasks.append(asyncio.create_task(self._events.serve(), name="rawrt-events"))
 
     async def stop(self) -> None:
         for task in [*self._tasks, *self._background]:
@@ -176,6 +187,8 @@ class RedisBackplane:
         self._snapshots.fail_all(BackplaneUnavailable("server stopping"))
         await self._close_pubsub()
         await self._client.aclose()
+        if self._events is not None:
+            await self._events.stop()
         if self._sentinel is not None:
             with contextlib.suppress(RedisError, OSError):
                 await self._sentinel.aclose()
@@ -208,6 +221,13 @@ class RedisBackplane:
                 if not self._connected:
                     raise
         return await self._snapshots.call(self._keys(channel), args)
+
+    def relay_event(self, channel: str, text: str) -> None:
+        if self._events is not None:
+            self._events.send(self._topic(channel), self._event_mark + text)
+
+    def listen_events(self, receive: Callable[[str, str], None]) -> None:
+        self._on_event = receive
 
     # --- subscribing -----------------------------------------------------------------------
 
@@ -468,7 +488,16 @@ class RedisBackplane:
             if not attachment.confirmed.done():
                 attachment.confirmed.set_result(None)
         elif message["type"] == "message":
-            self._on_publish(channel, attachment, message["data"])
+            data = message["data"]
+            if data[:1] == b"!":  # a join/leave event, never a message (module docstring)
+                self._on_presence_event(channel, data)
+            else:
+                self._on_publish(channel, attachment, data)
+
+    def _on_presence_event(self, channel: str, payload: bytes) -> None:
+        text = payload.decode(errors="replace")
+        if self._on_event is not None and not text.startswith(self._event_mark):
+            self._on_event(channel, text.split(" ", 2)[-1])
 
     def _on_publish(self, channel: str, attachment: _Attachment, payload: bytes) -> None:
         epoch, seq, ts, data = payload.split(b" ", 3)

@@ -21,6 +21,15 @@ clocks need not agree. A node id is the server's run id, new at every start. The
 keeps clients of its own (rawrt.backplane.redis_calls.client_for: a URL or a Sentinel
 master, followed through failovers), at most two connections per Redis on top of the
 backplane's `redis_max_connections`, so presence never queues behind publishes.
+
+Join/leave events (`--presence-events`, rawrt.presence_events) travel on the channel's own
+pub/sub topic, where the nodes that hold the channel already listen, as a plain PUBLISH of
+`"!e <node> <event JSON>"` (no message payload starts with `!`: those start with an epoch).
+An `EventSender` sends them, fire and forget: queued (at most presence_events_max_pending,
+then dropped), one pipeline at a time on a connection of its own per Redis (`rawrt-events`),
+so events never take a publish's or a snapshot's connection. A pipeline that fails is
+dropped, not retried: an event is at most once, and a Redis outage loses the events of its
+time.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -41,7 +51,7 @@ from rawrt.config import Config, redis_address, redis_urls
 from rawrt.errors import BackplaneUnavailable
 from rawrt.presence import Presence, merge
 
-__all__ = ["RedisBoard"]
+__all__ = ["EventSender", "RedisBoard"]
 
 log = logging.getLogger("rawrt")
 
@@ -191,3 +201,52 @@ class RedisBoard:
             except ValueError as exc:
                 log.warning("ignoring node %r's presence of %r: %s", node, channel, exc)
         return merge([local, *others], self._config.presence_max_users)
+
+
+# Events sent in one pipeline at most.
+_EVENT_BATCH = 256
+
+
+class EventSender:
+    """PUBLISHes of join/leave events to one Redis, fire and forget (module docstring)."""
+
+    def __init__(self, config: Config, url: str | None, master: str | None) -> None:
+        self._config = config
+        self._client, self._sentinel = client_for(config, url, master)
+        pool = self._client.connection_pool
+        pool.max_connections = 1  # one pipeline in flight at a time
+        pool.connection_kwargs["client_name"] = f"{config.redis_prefix}-events"
+        self._queue: deque[tuple[str, str]] = deque()
+        self._queued = asyncio.Event()
+        self.dropped = 0  # events lost to a full queue or a failed pipeline
+
+    def send(self, topic: str, payload: str) -> None:
+        """Queue one PUBLISH; dropped when presence_events_max_pending are waiting."""
+        if len(self._queue) >= self._config.presence_events_max_pending:
+            self.dropped += 1
+            return
+        self._queue.append((topic, payload))
+        self._queued.set()
+
+    async def serve(self) -> None:
+        """Send what is queued, a pipeline at a time, forever (cancel to stop)."""
+        while True:
+            await self._queued.wait()
+            batch = [self._queue.popleft() for _ in range(min(_EVENT_BATCH, len(self._queue)))]
+            if not self._queue:
+                self._queued.clear()
+            try:
+                async with asyncio.timeout(self._config.redis_timeout_s):
+                    async with self._client.pipeline(transaction=False) as pipe:
+                        for topic, payload in batch:
+                            pipe.publish(topic, payload)
+                        await pipe.execute()
+            except (RedisError, OSError, TimeoutError) as exc:
+                self.dropped += len(batch)
+                log.info("dropped %d presence events: Redis: %s", len(batch), exc)
+
+    async def stop(self) -> None:
+        await self._client.aclose(close_connection_pool=True)
+        if self._sentinel is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._sentinel.aclose()

@@ -18,10 +18,11 @@ from an id of the old shard gets a reset, never a silent gap. Removing a shard i
 mirror image: its channels return to shards that may still hold their older history (see
 the README, "Several Redis (shards)").
 
-Every call that names a channel (publish, attach, on_evict) goes to the channel's shard;
-start, stop and sweep go to every shard. All shards share the node's one hub: a shard only
-syncs, accepts and drops the channels routed to it, so no two shards touch one channel, and
-a channel the hub evicts is reported to the shard that attached it.
+Every call that names a channel (publish, attach, on_evict, relay_event) goes to the
+channel's shard; start, stop, sweep and listen_events go to every shard. All shards share the
+node's one hub: a shard only syncs, accepts and drops the channels routed to it, so no two
+shards touch one channel, and a channel the hub evicts is reported to the shard that
+attached it.
 
 One shard down affects only its channels: their publishes and attaches fail with
 BackplaneUnavailable (503, an SSE retry, a WebSocket error frame) while every other channel
@@ -36,7 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from rawrt.backplane import Backplane
@@ -135,3 +136,10 @@ class ShardedBackplane:
     def sweep(self, now: float) -> None:
         for shard in self._shards.values():
             shard.sweep(now)
+
+    def relay_event(self, channel: str, text: str) -> None:
+        self._shard(channel).relay_event(channel, text)
+
+    def listen_events(self, receive: Callable[[str, str], None]) -> None:
+        for shard in self._shards.values():
+            shard.listen_events(receive)

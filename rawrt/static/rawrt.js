@@ -115,7 +115,9 @@ export class Rawrt {
   }
 
   /** Listen to "state" (state, info), "message" (channel, data, meta), "reset" (meta),
-   * "error" (error); returns a function that removes the listener. */
+   * "error" (error), and with a server's --presence-events "join" and "leave" (event:
+   * { channel, user, transport }, at most once, never over long polls); returns a function
+   * that removes the listener. */
   on(event, listener) {
     if (!this._listeners.has(event)) this._listeners.set(event, new Set());
     this._listeners.get(event).add(listener);
@@ -344,6 +346,13 @@ export class Rawrt {
     this._emit("reset", meta);
   }
 
+  /** A join or leave of another subscriber: not a message (no id), so no position moves. */
+  _presence(link, frame) {
+    if (link !== this._link || !this._channels.has(frame.channel)) return;
+    const { type, channel, user, transport } = frame;
+    this._emit(type, { channel, user, transport });
+  }
+
   /** The server named a channel's position (a fresh subscribe): keep it if we had none. */
   _position(link, channel, id) {
     const chan = this._channels.get(channel);
@@ -550,6 +559,10 @@ class WebSocketLink {
       case "reset":
         client._reset(this, frame.channel, frame.id);
         break;
+      case "join":
+      case "leave":
+        client._presence(this, frame);
+        break;
       case "published":
         this.answered(frame.ref, null, frame.id);
         break;
@@ -660,6 +673,17 @@ class EventSourceLink {
     source.addEventListener("reset", (event) => {
       client._reset(this, chan.name, event.lastEventId);
     });
+    for (const kind of ["join", "leave"]) {
+      source.addEventListener(kind, (event) => {
+        let frame;
+        try {
+          frame = JSON.parse(event.data);
+        } catch {
+          return;
+        }
+        if (frame.type === kind && frame.channel === chan.name) client._presence(this, frame);
+      });
+    }
     // EventSource would retry on its own, without our backoff or a fresh lastEventId: the
     // client decides instead.
     source.onerror = () => {

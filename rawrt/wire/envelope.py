@@ -19,6 +19,8 @@ Server to client:
     {"type": "error",      "data": "Unauthorized"|"Forbidden", "reason": TEXT, "channel": C}
     {"type": "authenticated", "sub": S, "exp": SECONDS}   an auth frame was accepted
     {"type": "published",  "channel": C, "id": ID, "ref": R}  the publish that carried `ref`
+    {"type": "join"|"leave", "channel": C, "user": S|null, "transport": "ws"|"sse"}
+                                                   presence events, with --presence-events
 
 A publish frame may carry a `ref` (a short string or a non-negative integer the client picks):
 the server then answers it with `published` and the message's id once it has one, and any error
@@ -55,6 +57,7 @@ __all__ = [
     "parse_data",
     "poll_body",
     "pong",
+    "presence_event",
     "published",
     "reset",
     "subscribed",
@@ -226,6 +229,15 @@ def published(channel: str, message_id: str, ref: str) -> str:
 def authenticated(sub: str, exp: float) -> str:
     exp_json = str(int(exp)) if exp == int(exp) else repr(exp)
     return f'{{"type":"authenticated","sub":{_q(sub)},"exp":{exp_json}}}'
+
+
+def presence_event(kind: str, channel: str, user: str | None, transport: str) -> str:
+    """A join or leave of a channel's subscriber (rawrt.presence_events): not a message, so
+    it has no id; `user` is the token's `sub`, or null without a token."""
+    user_json = "null" if user is None else _q(user)
+    return (
+        f'{{"type":"{kind}","channel":{_q(channel)},"user":{user_json},"transport":"{transport}"}}'
+    )
 
 
 def poll_body(data_items: list[bytes], ids: list[str], cursor: str, reset: bool = False) -> bytes:
