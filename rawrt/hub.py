@@ -7,6 +7,10 @@ and marks the channel dirty. Nothing is written yet: the owner of the event loop
 `flush()` once per loop iteration, and each dirty channel then hands every live subscriber
 the messages that arrived since the last flush, joined into one byte string per transport
 kind. Ten messages published in one loop iteration leave each socket in one write.
+When the server offers WebSocket compression, a message also carries its frame compressed
+once (rawrt.wire.deflate), and the WebSockets that negotiated it are a kind of their own
+(`Kind.WS_DEFLATE`): they are written those bytes, joined the same way, never compressed
+per subscriber.
 
 Subscribers come in two shapes:
 
