@@ -160,8 +160,10 @@ class Subscriber(asyncio.Protocol):
         del buf[:pos]
 
     def _frame(self, first: int, body: bytearray) -> None:
+        if (first & 0x0F) == 0x9 and self.transport is not None:
+            self.transport.write(_client_frame(bytes(body), 0xA))  # keepalive: answer pings
         if (first & 0x0F) != 0x1:
-            return  # pings (the server's keepalive) and the like
+            return
         compressed = bool(first & 0x40)
         data = bytes(body)
         if self.check and compressed:  # every compressed frame: the context may carry over
@@ -178,6 +180,16 @@ class Subscriber(asyncio.Protocol):
         self.progress.set()
 
 
+def _client_frame(body: bytes, opcode: int = 0x1) -> bytes:
+    """A masked final frame of fewer than 126 bytes (a subscribe, a pong)."""
+    mask = os.urandom(4)
+    return (
+        bytes((0x80 | opcode, 0x80 | len(body)))
+        + mask
+        + bytes(b ^ mask[i % 4] for i, b in enumerate(body))
+    )
+
+
 async def _subscribe(port: int, compression: bool, check: bool) -> Subscriber:
     loop = asyncio.get_running_loop()
     transport, sub = await loop.create_connection(lambda: Subscriber(check), "127.0.0.1", port)
@@ -191,10 +203,7 @@ async def _subscribe(port: int, compression: bool, check: bool) -> Subscriber:
             f"{extension}\r\n"
         ).encode()
     )
-    body = json.dumps({"type": "subscribe", "channel": CHANNEL}).encode()
-    mask = os.urandom(4)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(body))
-    transport.write(bytes((0x81, 0x80 | len(body))) + mask + masked)
+    transport.write(_client_frame(json.dumps({"type": "subscribe", "channel": CHANNEL}).encode()))
     async with asyncio.timeout(START_BOUND_S):
         await sub.ready
     return sub
@@ -380,14 +389,84 @@ def chart(rows: list[dict[str, Any]], path: Path) -> bool:
     return True
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace this bench's section of `path` (or start the file), leaving the rest alone."""
+def write_section(path: Path, text: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace a section of `path` (or start the file), leaving the rest alone."""
     old = path.read_text() if path.exists() else "# WebSocket compression\n"
-    if BEGIN in old and END in old:
-        new = old[: old.index(BEGIN)] + text + old[old.index(END) + len(END) :]
+    if begin in old and end in old:
+        new = old[: old.index(begin)] + text + old[old.index(end) + len(end) :]
     else:
         new = old.rstrip("\n") + "\n\n" + text + "\n"
     path.write_text(new)
+
+
+# --- idle memory ------------------------------------------------------------------------------
+
+IDLE_BEGIN = "<!-- begin: python -m bench.compression --idle -->"
+IDLE_END = "<!-- end: python -m bench.compression --idle -->"
+
+
+async def _idle(port: int, pid: int, count: int, compression: bool) -> dict[str, float]:
+    """rawrt's RSS per idle subscriber, then after each sent one compressed message (which
+    makes its inflater): what compression costs a connection that waits, and one that talks."""
+    rss_before = rss_bytes(pid) or 0
+    subs = [await _subscribe(port, compression, False) for _ in range(count)]
+    await asyncio.sleep(1.0)
+    idle = ((rss_bytes(pid) or 0) - rss_before) / count
+    negotiated = subs[0].head is not None and b"permessage-deflate" in subs[0].head.lower()
+    ping = json.dumps({"type": "ping", "pad": "x" * 300}).encode()
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+    body = (compressor.compress(ping) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    for sub in subs:
+        assert sub.transport is not None
+        sub.transport.write(
+            _client_frame(body, 0x41) if negotiated else _client_frame(b'{"type":"ping"}')
+        )
+    await asyncio.sleep(2.0)
+    talked = ((rss_bytes(pid) or 0) - rss_before) / count
+    for sub in subs:
+        if sub.transport is not None:
+            sub.transport.close()
+    return {"negotiated": negotiated, "idle": idle, "after_one_message": talked}
+
+
+def idle_section(rows: list[dict[str, Any]], count: int) -> str:
+    lines = [
+        IDLE_BEGIN,
+        "## Idle memory per WebSocket with permessage-deflate (`python -m bench.compression "
+        f"--idle {count}`)",
+        "",
+        f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; rawrt's VmRSS growth "
+        f"divided by {count} subscribed WebSockets, once they are idle, and again after each "
+        "sent one message (compressed when negotiated: that makes its inflater). The machine "
+        "was shared with other work.",
+        "",
+        "| compression | negotiated | idle, per connection | after one client message |",
+        "|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {'on' if row['compression'] else 'off'} | {'yes' if row['negotiated'] else 'no'} "
+            f"| {row['idle']:,.0f} B | {row['after_one_message']:,.0f} B |"
+        )
+    return "\n".join([*lines, "", IDLE_END])
+
+
+def run_idle(count: int) -> str:
+    import resource
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    rows = []
+    for compression in (False, True):
+        proc, port = _start_server("rawrt", compression)
+        try:
+            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+                row = runner.run(_idle(port, proc.pid, count, compression))
+        finally:
+            proc.stop()
+        rows.append(row | {"compression": compression})
+        print(f"compression idle: {json.dumps(rows[-1])}", flush=True)
+    return idle_section(rows, count)
 
 
 def _median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -402,6 +481,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--servers", default=",".join(SERVERS))
     parser.add_argument("--smoke", action="store_true", help="a tiny run; writes nothing kept")
+    parser.add_argument(
+        "--idle", type=int, metavar="N", help="measure only rawrt's idle memory, N sockets"
+    )
     args = parser.parse_args(argv)
     given = list(sys.argv[1:] if argv is None else argv)
     if args.smoke:
@@ -411,6 +493,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(OSError):
         os.sched_setaffinity(0, {1})  # the server has CPU 0
+    if args.idle or args.smoke:
+        text = run_idle(args.idle or 5)
+        write_section(out_md, text, IDLE_BEGIN, IDLE_END)
+        if args.idle:
+            print(text)
+            return 0
     rows = []
     for server in args.servers.split(","):
         for label, size in SIZES.items():
