@@ -35,6 +35,10 @@ class Kind(enum.IntEnum):
 
     WS = 0
     SSE = 1
+    # A WebSocket that negotiated permessage-deflate: its bytes are the message compressed
+    # once for all such sockets (rawrt.wire.deflate), or the plain frame when it is small.
+    # Present in `Message.frames` only when the server offers compression.
+    WS_DEFLATE = 2
 
 
 Write = Callable[[bytes], None]
@@ -111,7 +115,7 @@ class Channel:
         self.log = log
         self.flushed = log.head  # seq of the last message handed to live subscribers
         self.pending: list[Message] = []  # appended since the last flush, oldest first
-        self.live: tuple[dict[Subscription, Write], ...] = ({}, {})  # per kind
+        self.live: tuple[dict[Subscription, Write], ...] = ({}, {}, {})  # per kind
         self.parked: dict[Waiter, str | None] = {}  # each parked poll, and its user
         self.paused: dict[Subscription, None] = {}  # subscriptions holding a cursor
         self.subscribers = 0  # live, paused and catching up
@@ -139,6 +143,6 @@ def join_frames(messages: list[Message], kind: int) -> bytes:
 
 def reset_bytes(ch: Channel, kind: Kind) -> bytes:
     head = ch.id_of(ch.flushed)
-    if kind is Kind.WS:
+    if kind is not Kind.SSE:  # a reset goes uncompressed on a deflate socket too
         return wsframe.frame(envelope.reset(ch.name, head).encode())
     return sse.event(envelope.reset(ch.name, head), head, "reset")

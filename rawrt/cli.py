@@ -48,6 +48,12 @@ HELP = {
     "poll_timeout_s": "default long-poll timeout in seconds",
     "max_message_bytes": "largest WebSocket message from a client, in bytes; larger ones "
     "close with 1009",
+    "ws_compression": "offer permessage-deflate (RFC 7692) to WebSocket clients that ask: "
+    "each message is compressed once for all of them; off by default",
+    "ws_compression_min_bytes": "WebSocket messages shorter than this many bytes go "
+    "uncompressed (default 256)",
+    "ws_compression_max_window_bits": "largest deflate window a client may compress with, "
+    "in bits (9..15, default 15); each compressing client's inflater holds that window",
     "max_body_bytes": "largest HTTP request body, in bytes; larger ones get 413",
     "echo_path": "serve a WebSocket echo endpoint here (for Autobahn); off by default",
     "redis_url": "redis://HOST:PORT/DB: share channels with other nodes through Redis; "
@@ -213,8 +219,13 @@ def _parser() -> argparse.ArgumentParser:
                 help=f"{HELP[field.name]} (default automatic; env RAWRT_{field.name.upper()})",
             )
             continue
+        # A yes/no option named alone means yes (`--ws-compression`); `--metrics off` says no.
+        alone: dict[str, Any] = (
+            {"nargs": "?", "const": True} if isinstance(field.default, bool) else {}
+        )
         parser.add_argument(
             *flags,
+            **alone,
             dest=field.name,
             type=_option_type(field.default),
             default=argparse.SUPPRESS,

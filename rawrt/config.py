@@ -106,6 +106,20 @@ class Config:
     # --- input limits ------------------------------------------------------------------------
     # WebSocket message from a client; larger ones close with 1009 (RFC 6455 §7.4.1).
     max_message_bytes: int = 1 * MIB
+    # --- WebSocket compression (permessage-deflate, RFC 7692; rawrt.wire.deflate) ----------
+    # Off by default: when on, a client that offers it gets it, each published message is
+    # compressed once for every such subscriber, and client messages are inflated within
+    # max_message_bytes (more closes 1009 before it is inflated further).
+    ws_compression: bool = False
+    # Messages whose WebSocket payload is shorter go uncompressed (RSV1 clear, which RFC 7692
+    # allows per message): below a few hundred bytes deflate saves little and costs the
+    # receiver an inflate.
+    ws_compression_min_bytes: int = 256
+    # Largest LZ77 window (in bits, 9..15: 512 B to 32 KiB) a client may compress with: its
+    # inflater here holds a window that large per connection (plus about 7 KiB), so a
+    # smaller bound trades ratio for memory. A client that cannot limit its window is
+    # refused compression when this is below 15.
+    ws_compression_max_window_bits: int = 15
     # HTTP request body (publish); larger ones get 413.
     max_body_bytes: int = 1 * MIB
     # Request line plus headers. 16 KiB is h11's default and above nginx's 8 KiB buffers; h11
@@ -316,6 +330,10 @@ def _problems(c: Config) -> list[str]:
         found.append(f"log_level must be debug, info, warning, error or critical: {c.log_level!r}")
     if c.log_format not in ("text", "json"):
         found.append(f"log_format must be text or json, not {c.log_format!r}")
+    if c.ws_compression_min_bytes < 0:
+        found.append("ws_compression_min_bytes must not be negative")
+    if not 9 <= c.ws_compression_max_window_bits <= 15:
+        found.append("ws_compression_max_window_bits must be in 9..15")
     if c.echo_path is not None and not c.echo_path.startswith("/"):
         found.append("echo_path must start with '/'")
     found.extend(_network_problems(c))

@@ -7,6 +7,10 @@ and marks the channel dirty. Nothing is written yet: the owner of the event loop
 `flush()` once per loop iteration, and each dirty channel then hands every live subscriber
 the messages that arrived since the last flush, joined into one byte string per transport
 kind. Ten messages published in one loop iteration leave each socket in one write.
+When the server offers WebSocket compression, a message also carries its frame compressed
+once (rawrt.wire.deflate), and the WebSockets that negotiated it are a kind of their own
+(`Kind.WS_DEFLATE`): they are written those bytes, joined the same way, never compressed
+per subscriber.
 
 Subscribers come in two shapes:
 
@@ -53,7 +57,7 @@ from rawrt.config import Config
 from rawrt.errors import HubFull, NotAttached
 from rawrt.log import ChannelLog, Message
 from rawrt.presence import Presence, count_presence
-from rawrt.wire import envelope, sse, wsframe
+from rawrt.wire import deflate, envelope, sse, wsframe
 from rawrt.wire.ids import parse_id, to_base36
 
 __all__ = [
@@ -77,6 +81,9 @@ POLL = 2
 BEHIND, EPOCH = "behind", "epoch"
 # The cursor of a paused reader whose channel started a new epoch: no log holds it.
 _NEW_EPOCH = -1
+# The counter slot (in `delivered`, `delivered_bytes`, `subscriptions`) of each Kind: a
+# WebSocket with compression counts as a WebSocket.
+_TALLY = (int(Kind.WS), int(Kind.SSE), int(Kind.WS))
 
 
 class Hub:
@@ -95,6 +102,9 @@ class Hub:
         # True: this hub numbers messages itself (one node). False: a backplane does, and a
         # channel exists here only once `sync()` has brought it in from the shared history.
         self._assigns_ids = assigns_ids
+        # Payloads this long and longer get a compressed frame (Kind.WS_DEFLATE); None: the
+        # server does not offer compression, and messages carry no such frame.
+        self._deflate_min = config.ws_compression_min_bytes if config.ws_compression else None
         self._on_evict = on_evict
         self._channels: dict[str, Channel] = {}
         self._idle: OrderedDict[str, None] = OrderedDict()  # evictable, least recent first
@@ -197,7 +207,13 @@ class Hub:
     def _encode(self, ch: Channel, seq: int, data_json: str, now_ms: int) -> Message:
         message_id = ch.id_of(seq)
         text = envelope.message(ch.channel_json, data_json, now_ms, message_id)
-        frames = (wsframe.frame(text.encode()), sse.event(data_json, message_id))
+        payload = text.encode()
+        frames: tuple[bytes, ...] = (wsframe.frame(payload), sse.event(data_json, message_id))
+        if self._deflate_min is not None:
+            # Compressed once here for every deflate subscriber (server_no_context_takeover
+            # makes the bytes valid on each of them); a small message shares the plain frame.
+            small = len(payload) < self._deflate_min
+            frames += ((None if small else deflate.deflated_frame(payload)) or frames[0],)
         return Message(seq, message_id, data_json.encode(), now_ms, frames)
 
     def _append(self, ch: Channel, message: Message) -> None:
@@ -320,8 +336,8 @@ class Hub:
             if live:
                 batch = new[0].frames[kind] if len(new) == 1 else join_frames(new, kind)
                 writes = tuple(live.values())
-                self.delivered[kind] += len(new) * len(writes)
-                self.delivered_bytes[kind] += len(batch) * len(writes)
+                self.delivered[_TALLY[kind]] += len(new) * len(writes)
+                self.delivered_bytes[_TALLY[kind]] += len(batch) * len(writes)
                 for write in writes:  # a write may pause (remove) a subscriber
                     write(batch)
         if ch.parked:
@@ -361,7 +377,7 @@ class Hub:
         self._flush_now(ch)
         sub = Subscription(ch, kind, write, user)
         ch.subscribers += 1
-        self.subscriptions[kind] += 1
+        self.subscriptions[_TALLY[kind]] += 1
         self._became_busy(ch)
         sub.cursor = ch.flushed
         if since is not None:
@@ -385,7 +401,7 @@ class Hub:
         sub.gone = True
         ch.paused.pop(sub, None)
         ch.subscribers -= 1
-        self.subscriptions[sub.kind] -= 1
+        self.subscriptions[_TALLY[sub.kind]] -= 1
         self._maybe_idle(ch)
         if self.on_member is not None:
             self.on_member(sub, False)
@@ -451,8 +467,8 @@ class Hub:
                 size += len(missed[end].frames[sub.kind])
                 end += 1
             sub.cursor = missed[end - 1].seq  # before the write, which may pause `sub`
-            self.delivered[sub.kind] += end - start
-            self.delivered_bytes[sub.kind] += size
+            self.delivered[_TALLY[sub.kind]] += end - start
+            self.delivered_bytes[_TALLY[sub.kind]] += size
             sub.write(join_frames(missed[start:end], sub.kind))
             if sub.paused:
                 return False
@@ -529,11 +545,12 @@ class Hub:
         ch = self._channels.get(name)
         if ch is None:
             return count_presence(0, 0, 0, (), max_users)
-        paused_ws = sum(1 for sub in ch.paused if sub.kind is Kind.WS)
-        ws = len(ch.live[Kind.WS]) + paused_ws
+        paused_ws = sum(1 for sub in ch.paused if sub.kind is not Kind.SSE)
+        ws = len(ch.live[Kind.WS]) + len(ch.live[Kind.WS_DEFLATE]) + paused_ws
         sse = len(ch.live[Kind.SSE]) + len(ch.paused) - paused_ws
         users = itertools.chain(
             (s.user for s in ch.live[Kind.WS]),
+            (s.user for s in ch.live[Kind.WS_DEFLATE]),
             (s.user for s in ch.live[Kind.SSE]),
             (s.user for s in ch.paused),
             ch.parked.values(),

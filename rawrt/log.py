@@ -31,7 +31,9 @@ class Message:
     size: int = field(init=False)  # what it costs the history budget, counted once
 
     def __post_init__(self) -> None:
-        self.size = len(self.data) + sum(len(f) for f in self.frames) + _OVERHEAD_BYTES
+        # A kind may share another's bytes (a small message's deflate frame is its plain one).
+        shared = {id(f): len(f) for f in self.frames}
+        self.size = len(self.data) + sum(shared.values()) + _OVERHEAD_BYTES
 
 
 class ChannelLog:

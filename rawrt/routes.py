@@ -54,7 +54,7 @@ from rawrt.tokens import Grant
 from rawrt.transports.longpoll import ParkedPoll, poll_response
 from rawrt.transports.sse import EventStream, stream_unavailable
 from rawrt.transports.websocket import ChannelSocket, EchoSocket, WebSocketSession
-from rawrt.wire import envelope, handshake, http, names
+from rawrt.wire import deflate, envelope, handshake, http, names
 from rawrt.wire.history import history_body
 
 __all__ = ["MetricsRouter", "Router"]
@@ -157,10 +157,20 @@ class Router:
             # Upgraded all the same, then closed with 4401: a browser sees 1006 for any
             # refused handshake, and could not tell that its token needs renewing.
             refused = exc
+        agreement = self._compression(request.headers)
         transport, pending = conn.take_over()
-        transport.write(handshake.switching_protocols(accept))
-        kind(self._host, transport, request.client).start(pending, grant, refused)
+        extensions = agreement.response if agreement is not None else None
+        transport.write(handshake.switching_protocols(accept, extensions))
+        kind(self._host, transport, request.client, agreement).start(pending, grant, refused)
         return None
+
+    def _compression(self, headers: list[tuple[bytes, bytes]]) -> deflate.Agreement | None:
+        """permessage-deflate as the client offered it, when the server offers it at all."""
+        config = self._host.config
+        if not config.ws_compression:
+            return None
+        offers = [value for name, value in headers if name == b"sec-websocket-extensions"]
+        return deflate.negotiate(offers, config.ws_compression_max_window_bits) if offers else None
 
     def _broadcast(self, request: Request, conn: Exchange, channel: str) -> AnyReply:
         return self._publish_reply(request, channel, "sent", "broadcast")

@@ -56,6 +56,9 @@ def test_limits_and_periods_must_be_positive(name: str) -> None:
         ({"poll_timeout_s": 60.0, "poll_max_timeout_s": 30.0}, "poll_timeout_s"),
         ({"echo_path": "echo"}, "echo_path"),
         ({"workers": 2}, "redis_url"),
+        ({"ws_compression_max_window_bits": 8}, "ws_compression_max_window_bits"),
+        ({"ws_compression_max_window_bits": 16}, "ws_compression_max_window_bits"),
+        ({"ws_compression_min_bytes": -1}, "ws_compression_min_bytes"),
     ],
 )
 def test_inconsistent_settings_are_refused_with_a_reason(
@@ -197,3 +200,10 @@ def test_bad_flag_value_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> 
 def test_inconsistent_flags_are_a_config_error() -> None:
     with pytest.raises(ConfigError, match="redis_url"):
         parse_config(["--workers", "2"], {})
+
+
+def test_a_yes_no_flag_named_alone_means_yes() -> None:
+    assert parse_config(["--ws-compression", "--port", "0"]).ws_compression is True
+    assert parse_config(["--ws-compression", "off"]).ws_compression is False
+    assert parse_config(["--metrics", "false"]).metrics is False
+    assert parse_config([]).ws_compression is False

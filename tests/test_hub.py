@@ -474,3 +474,48 @@ def test_counts_pauses_and_resets_by_cause() -> None:
     assert isinstance(hub.poll("c", "zzzzzz1-1"), PollAnswer)  # another epoch
     assert hub.pauses == 1
     assert hub.resets == {"behind": 2, "epoch": 1}
+
+
+# --- permessage-deflate: compressed once, at publish ------------------------------------------
+
+BIG = json.dumps({"text": "compressible " * 60})
+
+
+def test_deflate_subscribers_share_one_compressed_batch() -> None:
+    hub, _ = make_hub(ws_compression=True)
+    one, two, plain = Sink(Kind.WS_DEFLATE), Sink(Kind.WS_DEFLATE), Sink(Kind.WS)
+    for sink in (one, two, plain):
+        hub.subscribe("c", sink.kind, sink)
+    small = hub.publish("c", '{"n":1}', now_ms=1)
+    big = hub.publish("c", BIG, now_ms=2)
+    hub.flush()
+    assert one.writes == two.writes and len(one.writes) == 1  # one joined write each
+    assert one.writes[0] is two.writes[0]  # the same bytes, not a copy per subscriber
+    assert small.frames[2] is small.frames[0]  # under the threshold: the plain frame
+    assert big.frames[2][0] & 0x40 and len(big.frames[2]) < len(big.frames[0]) / 4
+    assert one.messages == two.messages == plain.messages
+    assert [m.data for m in one.messages] == ['{"n":1}', canonical_json(json.loads(BIG))]
+    assert hub.delivered[Kind.WS] == 6 and hub.subscriptions == [3, 0, 0]
+
+
+def test_deflate_subscriber_catches_up_and_resets_from_the_log() -> None:
+    hub, _ = make_hub(ws_compression=True, history_size=3)
+    first = [hub.publish("c", BIG, now_ms=n).id for n in range(2)]
+    hub.flush()
+    sink = Sink(Kind.WS_DEFLATE)
+    hub.subscribe("c", Kind.WS_DEFLATE, sink, since=first[0])
+    assert [m.id for m in sink.messages] == first[1:]
+    for n in range(5):
+        hub.publish("c", BIG, now_ms=n)
+    hub.flush()
+    late = Sink(Kind.WS_DEFLATE)
+    hub.subscribe("c", Kind.WS_DEFLATE, late, since=first[0])  # fell off: a reset first
+    assert late.items[0].type == "reset"
+    assert hub.presence("c", 10).websocket == 2
+
+
+def test_without_compression_messages_carry_no_deflate_frame() -> None:
+    hub, _ = make_hub()
+    message = hub.publish("c", BIG, now_ms=1)
+    assert len(message.frames) == 2
+    assert message.size == len(message.data) + sum(map(len, message.frames)) + 200

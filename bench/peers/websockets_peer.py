@@ -21,7 +21,10 @@ body and then closes the connection. That has three consequences:
   handshake, the server runs with open_timeout=None (otherwise websockets
   would abort keep-alive publish connections after 10 s).
 
-Compression is off (compression=None) so every peer sends the same bytes.
+Compression is off (compression=None) so every peer sends the same bytes, unless the
+environment says PEER_COMPRESSION=deflate (bench/compression.py): then websockets offers
+permessage-deflate with its default settings, and broadcast() compresses each message once
+per connection (it keeps each connection's compression context).
 
 Usage: python websockets_peer.py [--host 127.0.0.1] [--port 8080]
 """
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from typing import Any
 
 import peerkit
@@ -180,7 +184,7 @@ async def main() -> None:
         args.port,
         process_request=process_request,
         create_connection=PeerConnection,
-        compression=None,
+        compression="deflate" if os.environ.get("PEER_COMPRESSION") == "deflate" else None,
         open_timeout=None,
     )
     host, port = server.sockets[0].getsockname()[:2]

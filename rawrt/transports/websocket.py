@@ -18,6 +18,12 @@ Memory matters here because most sockets are idle: wsproto's parser (about 1.7 K
 only while bytes are being parsed. Between messages, when it holds no partial frame, it is
 dropped, and the next byte makes a fresh one; an idle subscriber keeps a few slots and its
 subscriptions.
+
+With permessage-deflate negotiated (rawrt.wire.deflate), the session keeps an `Inflater`,
+wsproto's extension for it, which outlives the parsers it is handed to (it holds the client's
+compression context between messages) and makes its zlib state only on the first compressed
+message. A channel socket subscribes as `Kind.WS_DEFLATE` when the frames compressed once
+suit its peer, and is then written the same compressed bytes as every other such socket.
 """
 
 from __future__ import annotations
@@ -51,7 +57,8 @@ from rawrt.errors import (
 from rawrt.hub import Kind, Subscription
 from rawrt.netpolicy import Budget, budget_verdict, take_token
 from rawrt.tokens import Grant
-from rawrt.wire import envelope, wsframe
+from rawrt.wire import deflate, envelope, wsframe
+from rawrt.wire.deflate import Agreement, Inflater
 
 __all__ = ["ChannelSocket", "EchoSocket", "WebSocketSession"]
 
@@ -104,6 +111,7 @@ class WebSocketSession(asyncio.Protocol):
 
     __slots__ = (
         "_closing",
+        "_deflate",
         "_host",
         "_parser",
         "_parts",
@@ -115,9 +123,19 @@ class WebSocketSession(asyncio.Protocol):
         "client",
     )
 
-    def __init__(self, host: SocketHost, transport: asyncio.Transport, client: str) -> None:
+    def __init__(
+        self,
+        host: SocketHost,
+        transport: asyncio.Transport,
+        client: str,
+        deflate: Agreement | None = None,
+    ) -> None:
         self._host = host
         self.client = client  # the address it counts for and logs name (rawrt.edge.Session)
+        # permessage-deflate, when the handshake agreed on it: inflates the client's messages.
+        self._deflate = (
+            None if deflate is None else Inflater(deflate, host.config.max_message_bytes)
+        )
         self._transport: asyncio.Transport | None = transport
         self._parser: Connection | None = None
         self._parts: list[str | bytes] | None = None  # fragments of a message in progress
@@ -156,7 +174,9 @@ class WebSocketSession(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return  # after our close frame, RFC 6455 §5.5.1 lets us ignore everything
-        parser = self._parser or Connection(ConnectionType.SERVER)
+        parser = self._parser or Connection(
+            ConnectionType.SERVER, None if self._deflate is None else [self._deflate]
+        )
         self._parser = parser
         parser.receive_data(data)
         try:
@@ -313,8 +333,14 @@ class ChannelSocket(WebSocketSession):
 
     __slots__ = ("_grant", "_held", "_subs", "_tokens", "_tokens_at")
 
-    def __init__(self, host: SocketHost, transport: asyncio.Transport, client: str) -> None:
-        super().__init__(host, transport, client)
+    def __init__(
+        self,
+        host: SocketHost,
+        transport: asyncio.Transport,
+        client: str,
+        deflate: Agreement | None = None,
+    ) -> None:
+        super().__init__(host, transport, client, deflate)
         self._subs: dict[str, Subscription] = {}
         # What the socket's token allows (rawrt.access): each subscribe and publish is checked
         # against it; the fan-out never looks at it. None: no token (yet).
@@ -459,7 +485,9 @@ class ChannelSocket(WebSocketSession):
         self.send_text(envelope.subscribed(channel, hub.head_id(channel)))
         assert self._transport is not None
         user = self._grant.sub if self._grant is not None else None
-        sub = hub.subscribe(channel, Kind.WS, self._transport.write, since, start=False, user=user)
+        inflater = self._deflate
+        kind = Kind.WS_DEFLATE if inflater and inflater.agreement.shared_frames else Kind.WS
+        sub = hub.subscribe(channel, kind, self._transport.write, since, start=False, user=user)
         self._subs[channel] = sub  # known before the replay, so a full socket can pause it
         if not self._write_paused:
             hub.resume(sub)
@@ -538,9 +566,18 @@ class EchoSocket(WebSocketSession):
 
     def on_message(self, data: str | bytes) -> None:
         if isinstance(data, str):
-            self.send_frame(wsframe.frame(data.encode()))
+            payload, opcode = data.encode(), wsframe.OP_TEXT
         else:
-            self.send_frame(wsframe.frame(data, wsframe.OP_BINARY))
+            payload, opcode = data, wsframe.OP_BINARY
+        inflater = self._deflate
+        if inflater is not None and len(payload) >= self._host.config.ws_compression_min_bytes:
+            # Compressed per message with this peer's window: an echo is not a fan-out.
+            bits = inflater.agreement.server_window_bits
+            if bits >= deflate.MIN_DEFLATE_BITS:
+                compressed = deflate.deflate(payload, bits)
+                self.send_frame(wsframe.frame(compressed, opcode | wsframe.RSV1))
+                return
+        self.send_frame(wsframe.frame(payload, opcode))
 
 
 _PING = wsframe.frame(b"", wsframe.OP_PING)

@@ -60,12 +60,15 @@ def accept_token(key: bytes) -> str:
     return base64.b64encode(hashlib.sha1(key + _GUID).digest()).decode()
 
 
-def switching_protocols(accept: str) -> bytes:
+def switching_protocols(accept: str, extensions: str | None = None) -> bytes:
+    """The 101; `extensions` is the Sec-WebSocket-Extensions value agreed (rawrt.wire.deflate)."""
+    agreed = f"Sec-WebSocket-Extensions: {extensions}\r\n" if extensions else ""
     return (
         "HTTP/1.1 101 Switching Protocols\r\n"
         "Upgrade: websocket\r\n"
         "Connection: Upgrade\r\n"
         f"Sec-WebSocket-Accept: {accept}\r\n"
+        f"{agreed}"
         "\r\n"
     ).encode()
 

@@ -18,6 +18,7 @@ __all__ = [
     "OP_PING",
     "OP_PONG",
     "OP_TEXT",
+    "RSV1",
     "close_frame",
     "frame",
 ]
@@ -27,6 +28,9 @@ OP_BINARY = 0x2
 OP_CLOSE = 0x8
 OP_PING = 0x9
 OP_PONG = 0xA
+# The first byte's "compressed" bit under permessage-deflate (RFC 7692 §6): OR it into the
+# opcode given to `frame`.
+RSV1 = 0x40
 
 _FIN = 0x80
 _LEN16 = struct.Struct("!BBH")

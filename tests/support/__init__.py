@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import TextMessage
+from wsproto.extensions import PerMessageDeflate
 
 from rawrt.hub import Kind
 from rawrt.wire.envelope import canonical_json
@@ -68,7 +69,7 @@ class Sink:
         self.writes: list[bytes] = []
         self.items: list[Item] = []
         self.on_write = on_write
-        self._ws = Connection(ConnectionType.CLIENT) if kind == Kind.WS else None
+        self._ws = _ws_client(kind) if kind != Kind.SSE else None
         self._sse = SseParser() if kind == Kind.SSE else None
 
     def __call__(self, data: bytes) -> None:
@@ -92,6 +93,16 @@ class Sink:
     @property
     def messages(self) -> list[Item]:
         return [item for item in self.items if item.type == "message"]
+
+
+def _ws_client(kind: Kind) -> Connection:
+    """wsproto's client; for Kind.WS_DEFLATE one that agreed to permessage-deflate as rawrt
+    answers it (server_no_context_takeover), so it inflates what rawrt compressed."""
+    if kind != Kind.WS_DEFLATE:
+        return Connection(ConnectionType.CLIENT)
+    extension = PerMessageDeflate()
+    extension.finalize("permessage-deflate; server_no_context_takeover")
+    return Connection(ConnectionType.CLIENT, extensions=[extension])
 
 
 def _ws_item(obj: dict[str, Any]) -> Item:
