@@ -406,7 +406,7 @@ class Hub:
         if self.on_member is not None:
             self.on_member(sub, False)
 
-    def write_event(self, name: str, frames: tuple[bytes, bytes], max_subscribers: int) -> int:
+    def write_event(self, name: str, frames: tuple[bytes, ...], max_subscribers: int) -> int:
         """Write an event that is not a message (no id, not logged, never replayed) to every
         live subscriber of `name`, `frames` by Kind; paused ones miss it. Nothing is written
         when `name` has more than `max_subscribers` here. Returns how many were written to.

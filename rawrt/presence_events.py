@@ -45,17 +45,20 @@ from rawrt.wire import envelope, sse, wsframe
 
 __all__ = ["PresenceEvents", "frames_of"]
 
-# The `transport` of an event, by Kind value (Kind.WS, Kind.SSE).
-_TRANSPORTS = ("ws", "sse")
+# The `transport` of an event, by Kind value (Kind.WS, Kind.SSE, Kind.WS_DEFLATE).
+_TRANSPORTS = ("ws", "sse", "ws")
 _KINDS = ("join", "leave")
 
 
-def frames_of(text: str) -> tuple[bytes, bytes] | None:
-    """The WebSocket frame and the SSE event (no id) of an event's JSON, by Kind; None for
-    a text `envelope.presence_event` did not make (it always starts with the type)."""
+def frames_of(text: str) -> tuple[bytes, bytes, bytes] | None:
+    """An event's bytes by Kind: the WebSocket frame, the SSE event (no id), and for sockets
+    that negotiated deflate the same plain frame (RFC 7692 §6: an uncompressed message, RSV1
+    clear, is valid on them; an event is too small and too rare to compress). None for a
+    text `envelope.presence_event` did not make (it always starts with the type)."""
     for kind in _KINDS:
         if text.startswith(f'{{"type":"{kind}",'):
-            return wsframe.frame(text.encode()), sse.event(text, None, kind)
+            ws = wsframe.frame(text.encode())
+            return ws, sse.event(text, None, kind), ws
     return None
 
 

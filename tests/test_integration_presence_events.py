@@ -235,3 +235,24 @@ async def test_joins_past_the_rate_bound_in_one_second_are_dropped(
     # Two per calendar second, the watcher's own join included: the eight joins spanned
     # at most int(took_s) + 2 seconds (three events in well under a second).
     assert 1 <= len(seen) <= 2 * (int(took_s) + 2) - 1, (len(seen), took_s)
+
+
+async def test_sockets_that_negotiated_deflate_see_events_and_are_named_ws(
+    start_server: StartServer, stack: Stack
+) -> None:
+    # A deflate socket is its own Kind in the hub: events must reach it (plain frames, RSV1
+    # clear) and name it "ws", beside a plain socket, with messages still in order around them.
+    server = await start_server(**{**NODE, "ws_compression": True})
+    port = server.port
+    zipped = await stack.enter_async_context(
+        ws_connect(port, additional_headers=bearer("zed"), compression="deflate")
+    )
+    assert zipped.protocol.extensions, "the client did not negotiate permessage-deflate"
+    await ws_subscribe(zipped, "room")
+    plain = await watcher_ws(stack, port, "room", "pat")
+    assert await ws_recv(zipped) == event("join", "room", "pat", "ws")
+    first_id = await server.publish("room", {"text": "x" * 600})  # compressed for `zipped`
+    assert (await ws_recv(zipped))["id"] == first_id
+    assert (await ws_recv(plain))["id"] == first_id
+    await zipped.close()
+    assert await ws_recv(plain) == event("leave", "room", "zed", "ws")
