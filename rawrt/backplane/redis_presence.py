@@ -165,6 +165,13 @@ class RedisBoard:
     async def _send(self, presences: dict[str, Presence]) -> None:
         """One pipeline per Redis: a REPORT per busy channel, a LEAVE per one gone quiet."""
         pipes = {shard: self._clients[shard].pipeline(transaction=False) for shard in self._shards}
+        try:
+            await self._fill_and_send(pipes, presences)
+        finally:  # a pipeline left unreset (a timeout, no primary) warns when collected
+            for pipe in pipes.values():
+                await pipe.reset()
+
+    async def _fill_and_send(self, pipes: dict[str, Any], presences: dict[str, Presence]) -> None:
         for channel, presence in presences.items():
             shard = self._shard(channel)
             report = self._scripts[shard][0]
