@@ -169,7 +169,7 @@ class RedisBoard:
             await self._fill_and_send(pipes, presences)
         finally:  # a pipeline left unreset (a timeout, no primary) warns when collected
             for pipe in pipes.values():
-                await pipe.reset()
+                await pipe.reset()  # type: ignore[no-untyped-call]
 
     async def _fill_and_send(self, pipes: dict[str, Any], presences: dict[str, Presence]) -> None:
         for channel, presence in presences.items():
