@@ -1,6 +1,6 @@
 """C100K on one machine: 100,000 subscribers on `--workers 6` through Redis (issue 11, §1).
 
-    python -m bench.c100k [--sizes 10000,50000,100000] [--workers 6] [--rate 10]
+    python -m bench.c100k [--sizes 10000,50000,100000] [--workers 6] [--rates 10,2,1]
                           [--steady-s 15] [--smoke]
 
 For each size this starts a private redis-server (no persistence) and `rawrt --workers N
@@ -16,8 +16,11 @@ over one keep-alive HTTP connection:
   subscribers has message k; latencies are receive time minus the CLOCK_MONOTONIC stamp "t"
   the publish carries, one clock for every process on this machine), p50 and p99 over all
   subscribers from the load generators' merged histograms, and nothing lost or doubled;
-- a steady rate (`--rate` messages/s for `--steady-s` s) with its latency percentiles and
-  the CPU of every worker, summed from /proc/PID/task/*/schedstat.
+- a steady rate (`--rates`: messages/s for each size, for `--steady-s` s) with its latency
+  percentiles and the CPU of every worker, summed from /proc/PID/task/*/schedstat; a
+  publish answered 503 is counted and the rate goes on.
+
+Lost means: a subscriber connected to the end lacks a message whose publish was answered.
 
 Writes bench/C100K.md and, with matplotlib, bench/c100k.png. Every process is started here
 and stopped by its PID on every way out (try/finally); every wait is bounded.
@@ -197,6 +200,10 @@ def _kill(lg: _Loadgen) -> None:
 # --- the publisher: one keep-alive HTTP connection -------------------------------------------
 
 
+class _Refused(RuntimeError):
+    """A publish answered 503: Redis could not take it in time."""
+
+
 class _Publisher:
     def __init__(self, port: int) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=REQUEST_BOUND_S)
@@ -215,6 +222,8 @@ class _Publisher:
         )
         status = self._read_answer()
         elapsed = (time.monotonic_ns() - t) / 1e9
+        if status == 503:
+            raise _Refused(f"publish {k} answered 503")
         if status != 200:
             raise RuntimeError(f"publish {k} answered {status}")
         return t, elapsed
@@ -381,7 +390,10 @@ def run_size(
 def _steady(
     publisher: _Publisher, lgs: Sequence[_Loadgen], pids: Sequence[int], rate: float, n: int
 ) -> dict[str, Any]:
+    """Publish k = 1..n at `rate`/s; a publish Redis could not take in time (503) is counted
+    and the rate goes on (it may or may not have been published: not counted as lost)."""
     answers: list[float] = []
+    refused: list[int] = []
     cpu0, start = _cpu_ns(pids), time.monotonic()
     for k in range(1, n + 1):
         due = start + (k - 1) / rate
@@ -389,20 +401,24 @@ def _steady(
             for lg in lgs:
                 lg.read_lines(0)
             time.sleep(min(0.01, max(0.0, due - time.monotonic())))
-        answers.append(publisher.publish(k)[1])
-    _wait_all(lgs, n, DELIVERY_BOUND_S)
+        try:
+            answers.append(publisher.publish(k)[1])
+        except _Refused:
+            refused.append(k)
+    sent = [k for k in range(1, n + 1) if k not in refused]
+    if sent:
+        _wait_all(lgs, sent[-1], DELIVERY_BOUND_S)
     wall = time.monotonic() - start
     cpu = (_cpu_ns(pids) - cpu0) / 1e9
-    late = sum(1 for k in range(1, n + 1) if any(k not in lg.all_k for lg in lgs))
     return {
         "messages": n,
         "rate": rate,
         "wall_s": wall,
         "cpu_s": cpu,
         "cpu_share": cpu / wall,
-        "answer_p50_ms": statistics.median(answers) * 1000,
-        "answer_max_ms": max(answers) * 1000,
-        "incomplete": late,
+        "answer_p50_ms": statistics.median(answers) * 1000 if answers else float("nan"),
+        "answer_max_ms": max(answers) * 1000 if answers else float("nan"),
+        "refused": refused,
     }
 
 
@@ -415,7 +431,15 @@ def _results(lgs: Sequence[_Loadgen], out: dict[str, Any]) -> None:
                         max_ms=_pct_ms(first, 1.0))  # fmt: skip
     out["steady"].update(p50_ms=_pct_ms(steady, 0.5), p99_ms=_pct_ms(steady, 0.99),
                          max_ms=_pct_ms(steady, 1.0))  # fmt: skip
-    out["lost"] = sum(int(r["lost"]) for r in results)
+    # Lost: a subscriber still connected at the end lacks a message whose publish was
+    # answered 200 (the load generators' "got" per message against their live count).
+    refused = set(out["steady"]["refused"])
+    out["lost"] = sum(
+        max(0, int(r["alive"]) - int(got))
+        for r in results
+        for k, got in enumerate(r["got"])
+        if k not in refused
+    )
     out["duplicates"] = sum(int(r["duplicates"]) for r in results)
     out["errors"] = sum(int(r["errors"]) for r in results)
     out["closed"] = sum(int(r["closed_after_ready"]) for r in results)
@@ -460,15 +484,17 @@ def report(runs: list[dict[str, Any]], argv: Sequence[str], smoke: bool) -> str:
         "## A steady rate",
         "",
         "| subscribers | messages/s | deliveries/s | p50 ms | p99 ms | max ms "
-        "| publish answered p50 / max ms | worker CPU (cores) | CPU µs per delivery |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| publish answered p50 / max ms | refused (503) | worker CPU (cores) "
+        "| CPU µs per delivery |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         s = r["steady"]
         lines.append(
             f"| {r['subscribers']:,} | {s['rate']:g} | {s['rate'] * r['subscribers']:,.0f} | "
             f"{s['p50_ms']:.0f} | {s['p99_ms']:.0f} | {s['max_ms']:.0f} | "
-            f"{s['answer_p50_ms']:.0f} / {s['answer_max_ms']:.0f} | {s['cpu_share']:.2f} | "
+            f"{s['answer_p50_ms']:.0f} / {s['answer_max_ms']:.0f} | {len(s['refused'])} | "
+            f"{s['cpu_share']:.2f} | "
             f"{s['cpu_s'] * 1e6 / max(1, s['messages'] * r['subscribers']):.1f} |"
         )
     lines += [
@@ -522,7 +548,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.c100k", description=__doc__)
     parser.add_argument("--sizes", default="10000,50000,100000")
     parser.add_argument("--workers", type=int, default=6)
-    parser.add_argument("--rate", type=float, default=10.0, help="messages/s, steady phase")
+    parser.add_argument(
+        "--rates", default="10,2,1",
+        help="messages/s of the steady phase, one per size (the last serves the rest)",
+    )  # fmt: skip
     parser.add_argument("--steady-s", type=float, default=15.0)
     parser.add_argument("--smoke", action="store_true", help="2,000 subscribers, 2 workers")
     parser.add_argument("--out", type=Path, default=None)
@@ -539,7 +568,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = args.out or ROOT / "bench" / "C100K.md"
     binary = loadgen.build(ROOT)
     extra = [] if args.slice is None else ["--fanout-slice-writes", str(args.slice)]
-    runs = [run_size(binary, size, workers, args.rate, steady_s, extra) for size in sizes]
+    rates = [float(r) for r in args.rates.split(",")]
+    runs = [
+        run_size(binary, size, workers, rates[min(i, len(rates) - 1)], steady_s, extra)
+        for i, size in enumerate(sizes)
+    ]
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "raw.json").write_text(json.dumps(runs, indent=1))
     text = report(runs, given, args.smoke)

@@ -32,7 +32,8 @@
  *                              "ALL k" once every live subscriber has k,
  *                              and each phase's latency histogram ("hist":
  *                              [[ns, count], ...]) so that the results of
- *                              several processes can be merged exactly
+ *                              several processes can be merged exactly, and
+ *                              "got": how many subscribers had each k
  *   --subscribers N    subscriber connections (default 100)
  *   --messages L       messages per fanout phase, a comma list matching
  *                      --bursts (the last value serves the rest; default 100)
@@ -1543,7 +1544,14 @@ static void print_result(void) {
         print_phase(&S.ph[i]);
         putchar('}');
     }
-    printf("]}\n");
+    printf("]");
+    if (O.mode == M_LISTEN) {
+        /* How many subscribers got each k: loss per message the publisher knows it sent. */
+        printf(",\"got\":[");
+        for (uint64_t k = 0; k < S.total_msgs; k++) printf("%s%u", k ? "," : "", S.got[k]);
+        printf("],\"alive\":%u", alive());
+    }
+    printf("}\n");
     fflush(stdout);
 }
 
