@@ -58,6 +58,7 @@ READY_BOUND_S = 240.0  # a transport group must be connected and confirmed withi
 DELIVERY_BOUND_S = 30.0  # every subscriber must have a message within this of its publish
 REQUEST_BOUND_S = 10.0  # any one publish must be answered within this
 DATA_BYTES = 100  # size of each message's data JSON
+PROFILE = OUT / "worker.prof"  # --profile: cProfile of one rawrt process
 
 
 # --- processes --------------------------------------------------------------------------------
@@ -90,11 +91,14 @@ def _redis(workdir: Path) -> tuple[Proc, str]:
     return proc, f"redis://127.0.0.1:{port}/0"
 
 
-def _rawrt(url: str, port: int, workers: int, size: int, extra: Sequence[str]) -> Proc:
+def _rawrt(
+    url: str, port: int, workers: int, size: int, extra: Sequence[str], profile: bool
+) -> Proc:
     # Each worker gets its share of `size` and some room (SO_REUSEPORT spreads connections
     # evenly, not exactly), under the 20,000 files a process may hold here.
     per_worker = min(19_500, int(size / workers * 1.2) + 1000)
-    argv = [sys.executable, "-m", "rawrt", "--host", "127.0.0.1", "--port", str(port),
+    python = [sys.executable, "-m", "cProfile", "-o", str(PROFILE)] if profile else [sys.executable]
+    argv = [*python, "-m", "rawrt", "--host", "127.0.0.1", "--port", str(port),
             "--workers", str(workers), "--redis", url,
             "--max-connections", str(per_worker), *extra]  # fmt: skip
     proc = _start(argv, OUT / "logs" / f"rawrt-{size}.log", stdin=subprocess.DEVNULL)
@@ -103,8 +107,10 @@ def _rawrt(url: str, port: int, workers: int, size: int, extra: Sequence[str]) -
     return proc
 
 
-def _workers(supervisor: int) -> list[int]:
-    """The worker PIDs: the supervisor's children (it started them)."""
+def _workers(supervisor: int, workers: int) -> list[int]:
+    """The worker PIDs: the supervisor's children (it started them), or itself alone."""
+    if workers == 1:
+        return [supervisor]
     path = Path(f"/proc/{supervisor}/task/{supervisor}/children")
     return [int(pid) for pid in path.read_text().split()]
 
@@ -341,7 +347,13 @@ def _pct_ms(hist: list[tuple[int, int]], q: float) -> float:
 
 
 def run_size(
-    binary: Path, size: int, workers: int, rate: float, steady_s: float, extra: Sequence[str]
+    binary: Path,
+    size: int,
+    workers: int,
+    rate: float,
+    steady_s: float,
+    extra: Sequence[str],
+    profile: bool = False,
 ) -> dict[str, Any]:
     steady = max(1, int(rate * steady_s))
     messages = 1 + steady
@@ -352,9 +364,9 @@ def run_size(
         lgs: list[_Loadgen] = []
         try:
             port = free_port()
-            server = _rawrt(url, port, workers, size, extra)
+            server = _rawrt(url, port, workers, size, extra, profile)
             procs.append(server)
-            pids = _workers(server.pid)
+            pids = _workers(server.pid, workers)
             lgs, out["memory"] = _connect_groups(binary, port, size, messages, pids)
             out["subscribers"] = sum(lg.ready for lg in lgs)
             time.sleep(2.0)  # idle: the last polls parked, the last acks written
@@ -544,6 +556,20 @@ def chart(runs: list[dict[str, Any]], path: Path) -> bool:
     return True
 
 
+def _profile(binary: Path, size: int, rate: float, steady_s: float) -> int:
+    import pstats
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    run = run_size(binary, size, 1, rate, steady_s, [], profile=True)
+    report_path = OUT / "profile.txt"
+    with report_path.open("w") as text:
+        text.write(json.dumps({k: run[k] for k in ("subscribers", "first", "steady")}) + "\n")
+        stats = pstats.Stats(str(PROFILE), stream=text)
+        stats.sort_stats("tottime").print_stats(30)
+    print(report_path.read_text())
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.c100k", description=__doc__)
     parser.add_argument("--sizes", default="10000,50000,100000")
@@ -555,6 +581,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steady-s", type=float, default=15.0)
     parser.add_argument("--smoke", action="store_true", help="2,000 subscribers, 2 workers")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--profile", action="store_true",
+        help="one rawrt process (--workers 1) under cProfile, at the first size; writes "
+        "the functions that took the most time to bench/out/c100k/profile.txt",
+    )  # fmt: skip
     parser.add_argument("--slice", type=int, default=None,
                         help="rawrt --fanout-slice-writes (default: rawrt's own)")  # fmt: skip
     args = parser.parse_args(argv)
@@ -567,6 +598,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         workers, steady_s = args.workers, args.steady_s
         out = args.out or ROOT / "bench" / "C100K.md"
     binary = loadgen.build(ROOT)
+    if args.profile:
+        return _profile(binary, sizes[0], float(args.rates.split(",")[0]), steady_s)
     extra = [] if args.slice is None else ["--fanout-slice-writes", str(args.slice)]
     rates = [float(r) for r in args.rates.split(",")]
     runs = [
