@@ -22,7 +22,8 @@ over one keep-alive HTTP connection:
 
 Lost means: a subscriber connected to the end lacks a message whose publish was answered.
 
-Writes bench/C100K.md and, with matplotlib, bench/c100k.png. Every process is started here
+Writes bench/C100K.md, bench/c100k-raw.json (its figures) and, with matplotlib,
+bench/c100k.png. Every process is started here
 and stopped by its PID on every way out (try/finally); every wait is bounded.
 """
 
@@ -586,6 +587,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="one rawrt process (--workers 1) under cProfile, at the first size; writes "
         "the functions that took the most time to bench/out/c100k/profile.txt",
     )  # fmt: skip
+    parser.add_argument(
+        "--chart-from", type=Path, default=None,
+        help="draw bench/c100k.png from a raw.json of an earlier run and stop",
+    )  # fmt: skip
     parser.add_argument("--slice", type=int, default=None,
                         help="rawrt --fanout-slice-writes (default: rawrt's own)")  # fmt: skip
     args = parser.parse_args(argv)
@@ -597,6 +602,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sizes = [int(s) for s in args.sizes.split(",")]
         workers, steady_s = args.workers, args.steady_s
         out = args.out or ROOT / "bench" / "C100K.md"
+    if args.chart_from is not None:
+        drawn = chart(json.loads(args.chart_from.read_text()), ROOT / "bench" / "c100k.png")
+        print("wrote bench/c100k.png" if drawn else "matplotlib is not installed: no chart")
+        return 0 if drawn else 1
     binary = loadgen.build(ROOT)
     if args.profile:
         return _profile(binary, sizes[0], float(args.rates.split(",")[0]), steady_s)
@@ -608,6 +617,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "raw.json").write_text(json.dumps(runs, indent=1))
+    if not args.smoke:
+        (ROOT / "bench" / "c100k-raw.json").write_text(json.dumps(runs, indent=1) + "\n")
     text = report(runs, given, args.smoke)
     old = out.read_text() if out.exists() else ""
     if BEGIN in old and END in old:
