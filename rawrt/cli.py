@@ -119,6 +119,8 @@ HELP = {
     "keeps a cursor",
     "write_low_water": "bytes queued below which a paused socket catches up from the history",
     "catch_up_chunk_bytes": "largest single write when a subscriber catches up, in bytes",
+    "fanout_slice_writes": "socket writes per slice of a fan-out (a long-poll answer counts as "
+    "five); requests are answered between slices; 0 writes a fan-out in one go",
     "redis_prefix": "prefix of every Redis key and pub/sub channel rawrt uses",
     "redis_timeout_s": "seconds a Redis command may take; a publish then answers 503",
     "redis_linger_s": "seconds a node stays subscribed to a channel after its last local "

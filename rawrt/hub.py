@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 A publish appends a `Message` to its channel's log, with every transport's bytes built once,
 and marks the channel dirty. Nothing is written yet: the owner of the event loop calls
-`flush()` once per loop iteration, and each dirty channel then hands every live subscriber
+`flush_step()` once per loop iteration, and each dirty channel then hands every live subscriber
 the messages that arrived since the last flush, joined into one byte string per transport
 kind. Ten messages published in one loop iteration leave each socket in one write.
 When the server offers WebSocket compression, a message also carries its frame compressed
@@ -25,6 +25,17 @@ Subscribers come in two shapes:
 
 A channel is flushed before anyone joins, pauses or resumes, so a joiner never sees a message
 from before its position and a returning reader never misses one.
+
+A flush of a large channel is cut into slices (`fanout_slice_writes` writes each; a poll's
+answer counts for `_WAKE_WRITES`): the first slice is written at once, each next one is
+scheduled behind whatever the loop has ready, so a request that waited for this very
+message (the publish, answered once Redis numbered it) is answered between slices instead
+of after the last one. A fan-out under way is a snapshot, taken when it began, of who gets
+the messages, and `flushed` moves to them at once: a subscriber that leaves meanwhile is
+skipped (`gone`), one that pauses still gets what its cursor already counts. Whatever
+flushes the channel first (a join, a resume, a poll, a sync, `flush()`) finishes its fan-out
+synchronously, and the channel's next messages wait for it to end, so order and
+exactly-once hold per subscriber.
 
 The hub never touches a socket, a clock or the event loop: writes go through the callables
 subscribers hand in, time comes in as arguments, and flushing is scheduled by the caller.
@@ -84,6 +95,59 @@ _NEW_EPOCH = -1
 # The counter slot (in `delivered`, `delivered_bytes`, `subscriptions`) of each Kind: a
 # WebSocket with compression counts as a WebSocket.
 _TALLY = (int(Kind.WS), int(Kind.SSE), int(Kind.WS))
+# What waking a parked poll costs against one socket write, in a slice's budget: it builds
+# a response and a new HTTP parser (measured at 5 to 10 times a WebSocket delivery).
+_WAKE_WRITES = 5
+
+
+class _FanOut:
+    """One channel's fan-out under way: who gets which bytes, and how far it has got.
+
+    `parts` are, per transport kind, the (subscription, write) pairs live when it began and
+    the bytes they get; `part` and `at` say where the next slice starts. `waiters` are the
+    parked polls it has still to wake with `answer` (in any order: each is a request of its
+    own), a table so that one that times out meanwhile can leave it (`Hub.unpark`).
+    """
+
+    __slots__ = ("answer", "at", "part", "parts", "waiters")
+
+    def __init__(self, answer: PollAnswer | None) -> None:
+        self.parts: list[tuple[tuple[tuple[Subscription, Write], ...], bytes]] = []
+        self.waiters: dict[Waiter, str | None] = {}
+        self.answer = answer
+        self.part = self.at = 0
+
+    @property
+    def done(self) -> bool:
+        return self.part >= len(self.parts) and not self.waiters
+
+    def run(self, budget: float) -> float:
+        """Make the next calls, worth about `budget` writes (at least one); returns their worth."""
+        spent = 0.0
+        while self.part < len(self.parts) and spent < budget:
+            subs, batch = self.parts[self.part]
+            start = self.at
+            end = start + _calls(budget - spent, len(subs) - start, 1.0)
+            # Moved on before the writes, so a call that re-enters the hub finds it there.
+            self.part, self.at = (self.part + 1, 0) if end == len(subs) else (self.part, end)
+            for sub, write in subs[start:end]:
+                if not sub.gone:  # left since the fan-out began: its socket may be shut
+                    write(batch)
+            spent += end - start
+        waiters = self.waiters
+        if waiters and (spent < budget or not self.parts):
+            assert self.answer is not None
+            for _ in range(_calls(budget - spent, len(waiters), _WAKE_WRITES)):
+                if not waiters:
+                    break  # a wake made another poll leave (its client was the same)
+                waiters.popitem()[0].wake(self.answer)
+                spent += _WAKE_WRITES
+        return spent
+
+
+def _calls(budget: float, left: int, worth: float) -> int:
+    """How many of `left` calls worth `worth` writes each fit `budget` (at least one)."""
+    return left if budget >= left * worth else max(1, int(budget / worth))
 
 
 class Hub:
@@ -109,6 +173,9 @@ class Hub:
         self._channels: dict[str, Channel] = {}
         self._idle: OrderedDict[str, None] = OrderedDict()  # evictable, least recent first
         self._dirty: list[Channel] = []
+        # Fan-outs under way (module docstring), oldest first, one per channel at most.
+        self._fanning: dict[Channel, _FanOut] = {}
+        self._step_due = False  # a flush_step() is scheduled
         self._created = 0
         self.total_bytes = 0
         # Counted for rawrt.metrics (module docstring): messages handed out, by Kind and then
@@ -134,7 +201,7 @@ class Hub:
                 raise NotAttached(name)
             self._created += 1
             ch = self._add(name, self._run_id + to_base36(self._created), self._new_log(0))
-        elif ch.idle:
+        elif name in self._idle:  # idle, and not fanning out (_maybe_idle)
             self._idle.move_to_end(name)
         return ch
 
@@ -143,7 +210,7 @@ class Hub:
 
     def is_idle(self, name: str) -> bool:
         ch = self._channels.get(name)
-        return ch is None or ch.idle
+        return ch is None or (ch.idle and ch not in self._fanning)
 
     def is_ahead(self, name: str, message_id: str) -> bool:
         """True when `message_id` is of this channel's epoch but newer than its head.
@@ -185,6 +252,7 @@ class Hub:
         self.total_bytes -= ch.log.nbytes
         if ch in self._dirty:
             self._dirty.remove(ch)
+        self._fanning.pop(ch, None)
         if notify and self._on_evict is not None:
             self._on_evict(name)
 
@@ -192,7 +260,8 @@ class Hub:
         self._idle.pop(ch.name, None)
 
     def _maybe_idle(self, ch: Channel) -> None:
-        if ch.idle and self._channels.get(ch.name) is ch:
+        # Not while its fan-out is under way: the polls it has still to wake listen to it.
+        if ch.idle and self._channels.get(ch.name) is ch and ch not in self._fanning:
             self._idle[ch.name] = None
 
     # --- publishing ------------------------------------------------------------------------
@@ -221,8 +290,7 @@ class Hub:
         ch.pending.append(message)
         if len(ch.pending) == 1:
             self._dirty.append(ch)
-            if len(self._dirty) == 1:
-                self._schedule_flush()
+            self._schedule_step()
         self._within_budget(ch)
 
     def _within_budget(self, ch: Channel) -> None:
@@ -321,10 +389,75 @@ class Hub:
     # --- fan-out ---------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Hand every dirty channel's new messages to its subscribers and parked polls."""
+        """Hand every dirty channel's new messages to its subscribers and parked polls, all
+        of them now (a goodbye follows: what was published before it must be written)."""
+        self._step_due = False  # nothing is left for a scheduled step, which costs nothing
+        for ch in list(self._fanning):
+            self._finish(ch)
         dirty, self._dirty = self._dirty, []
         for ch in dirty:
             self._flush_channel(ch)
+
+    def flush_step(self) -> None:
+        """The scheduled flush: fan out for at most `fanout_slice_writes` writes, then ask to
+        be scheduled again while anything is left (module docstring)."""
+        self._step_due = False
+        budget: float = self._config.fanout_slice_writes or float("inf")
+        dirty, self._dirty = self._dirty, []
+        for ch in dirty:
+            if ch in self._fanning:
+                self._dirty.append(ch)  # its next messages wait for this fan-out to end
+            elif ch.pending:
+                budget -= self._start(ch, budget)
+        for ch, fan in list(self._fanning.items()):
+            if budget <= 0:
+                break
+            budget -= fan.run(budget)
+            if fan.done:
+                self._ended(ch)
+        if self._fanning or self._dirty:
+            self._schedule_step()
+
+    def _schedule_step(self) -> None:
+        if not self._step_due:
+            self._step_due = True
+            self._schedule_flush()
+
+    def _start(self, ch: Channel, budget: float) -> float:
+        """Begin `ch`'s fan-out: all of it now when it fits `budget`, else its first slice."""
+        size = sum(map(len, ch.live)) + len(ch.parked) * _WAKE_WRITES
+        if size <= budget:
+            self._flush_channel(ch)
+            return size
+        new = ch.pending
+        ch.pending = []
+        ch.flushed = new[-1].seq
+        fan = _FanOut(PollAnswer(new, ch.id_of(ch.flushed)) if ch.parked else None)
+        for kind, live in enumerate(ch.live):
+            if live:
+                batch = new[0].frames[kind] if len(new) == 1 else join_frames(new, kind)
+                self.delivered[_TALLY[kind]] += len(new) * len(live)
+                self.delivered_bytes[_TALLY[kind]] += len(batch) * len(live)
+                fan.parts.append((tuple(live.items()), batch))
+        if ch.parked:
+            self.delivered[POLL] += len(new) * len(ch.parked)
+            self.subscriptions[POLL] -= len(ch.parked)
+            fan.waiters, ch.parked = ch.parked, {}
+        self._fanning[ch] = fan
+        spent = fan.run(budget)
+        if fan.done:
+            self._ended(ch)
+        return spent
+
+    def _finish(self, ch: Channel) -> None:
+        fan = self._fanning.get(ch)
+        if fan is not None:
+            fan.run(float("inf"))  # it stays listed meanwhile: a reader can tell it is under way
+            self._ended(ch)
+
+    def _ended(self, ch: Channel) -> None:
+        self._fanning.pop(ch, None)
+        self._maybe_idle(ch)
 
     def _flush_channel(self, ch: Channel) -> None:
         new = ch.pending
@@ -350,6 +483,7 @@ class Hub:
             self._maybe_idle(ch)
 
     def _flush_now(self, ch: Channel) -> None:
+        self._finish(ch)
         if ch.pending:
             self._dirty.remove(ch)
             self._flush_channel(ch)
@@ -443,8 +577,12 @@ class Hub:
         if not sub.paused or self._channels.get(sub.channel.name) is not sub.channel:
             return
         ch = sub.channel
-        self._flush_now(ch)
+        # Out of the paused table before the flush: a fan-out it is due in may be finished
+        # there, and a write of it that fills the socket must pause it again, not be lost.
         del ch.paused[sub]
+        self._flush_now(ch)
+        if sub.paused:
+            return  # paused again; its cursor says where to go on
         if not ch.log.holds_after(sub.cursor):
             self.resets[EPOCH if sub.cursor == _NEW_EPOCH else BEHIND] += 1
             sub.cursor = ch.flushed
@@ -512,6 +650,9 @@ class Hub:
         if waiter in ch.parked:
             del ch.parked[waiter]
             self.subscriptions[POLL] -= 1
+        fan = self._fanning.get(ch)
+        if fan is not None:
+            fan.waiters.pop(waiter, None)  # counted out when the fan-out began
         self._maybe_idle(ch)
         return ch.id_of(ch.flushed)
 

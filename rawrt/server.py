@@ -449,7 +449,7 @@ class Server:
 
     def _schedule_flush(self) -> None:
         assert self._loop is not None
-        self._loop.call_soon(self.hub.flush)
+        self._loop.call_soon(self.hub.flush_step)
 
     # --- the sweep -------------------------------------------------------------------------
 

@@ -519,3 +519,19 @@ def test_without_compression_messages_carry_no_deflate_frame() -> None:
     message = hub.publish("c", BIG, now_ms=1)
     assert len(message.frames) == 2
     assert message.size == len(message.data) + sum(map(len, message.frames)) + 200
+
+
+def test_a_sliced_fan_out_writes_deflate_subscribers_and_counts_them_as_websocket() -> None:
+    # With slices of one write, the fan-out reaches sockets of all three kinds over several
+    # flush steps, each its own bytes, and the counts put a deflate socket with WebSocket.
+    hub, _ = make_hub(ws_compression=True, fanout_slice_writes=1)
+    sinks = [Sink(Kind.WS_DEFLATE), Sink(Kind.WS), Sink(Kind.SSE), Sink(Kind.WS_DEFLATE)]
+    for sink in sinks:
+        hub.subscribe("c", sink.kind, sink)
+    big = hub.publish("c", BIG, now_ms=1)
+    for _ in range(10):  # bounded: four writes need four steps
+        hub.flush_step()
+    assert all([m.id for m in sink.messages] == [big.id] for sink in sinks)
+    assert sinks[0].writes == [big.frames[Kind.WS_DEFLATE]] == sinks[3].writes
+    assert sinks[1].writes == [big.frames[Kind.WS]]
+    assert hub.delivered == [3, 1, 0]

@@ -26,6 +26,14 @@
  *                      idle:   open and confirm N subscribers, print
  *                              "READY n", hold them until stdin closes,
  *                              SIGTERM/SIGINT, or --hold seconds pass
+ *                      listen: as idle, and count what someone else
+ *                              publishes: messages k = 0 .. --messages - 1
+ *                              (phase 0 is k = 0, phase 1 the rest); prints
+ *                              "ALL k" once every live subscriber has k,
+ *                              and each phase's latency histogram ("hist":
+ *                              [[ns, count], ...]) so that the results of
+ *                              several processes can be merged exactly, and
+ *                              "got": how many subscribers had each k
  *   --subscribers N    subscriber connections (default 100)
  *   --messages L       messages per fanout phase, a comma list matching
  *                      --bursts (the last value serves the rest; default 100)
@@ -120,7 +128,7 @@
 /* ----------------------------------------------------------------- options */
 
 enum transport { T_WS, T_SSE, T_POLL };
-enum mode { M_FANOUT, M_RATE, M_IDLE };
+enum mode { M_FANOUT, M_RATE, M_IDLE, M_LISTEN };
 
 static struct opts {
     const char *host;
@@ -264,6 +272,7 @@ static void die(const char *fmt, ...) {
 }
 
 static uint64_t now_ns(void);
+static uint32_t alive(void);
 
 static void note(const char *fmt, ...) {
     va_list ap;
@@ -537,6 +546,10 @@ static void deliver(struct conn *c, uint64_t k, uint64_t t) {
     S.delivered++;
     ph->deliveries++;
     hist_add(&ph->h, S.now > t ? S.now - t : 0);
+    if (O.mode == M_LISTEN && S.got[k] == alive()) {
+        printf("ALL %" PRIu64 "\n", k);
+        fflush(stdout);
+    }
 }
 
 /* Parses a JSON number after `"x":` (spaces allowed).  Integers are exact;
@@ -1474,15 +1487,25 @@ static void print_phase(const struct phase *ph) {
     printf(",\"drain_ms\":%.1f,\"loadgen_cpu_s\":%.4f,\"loadgen_cpu_share\":%.4f,"
            "\"loadgen_busy_share\":%.4f,"
            "\"server_cpu_s\":%.6f,\"server_cpu_us_per_delivery\":%.4f,"
-           "\"server_cpu_stat_s\":%.2f,\"server_core_busy_s\":%.3f}",
+           "\"server_cpu_stat_s\":%.2f,\"server_core_busy_s\":%.3f",
            ph->drain_ns / 1e6, cpu, dur > 0 ? cpu / dur : 0.0,
            dur > 0 ? (busy > 0 ? busy : 0.0) / dur : 0.0, srv,
            srv >= 0 && ph->deliveries ? srv * 1e6 / (double)ph->deliveries : -1.0, srv_ticks,
            core);
+    if (O.mode != M_LISTEN) return;
+    /* Sparse: the buckets that hold anything, as [midpoint ns, count]. */
+    printf(",\"hist\":[");
+    for (size_t i = 0, first = 1; i < H_BUCKETS; i++) {
+        if (!ph->h.b[i]) continue;
+        printf("%s[%" PRIu64 ",%" PRIu64 "]", first ? "" : ",", hist_value(i), ph->h.b[i]);
+        first = 0;
+    }
+    printf("]");
 }
 
 static void print_result(void) {
-    static const char *tn[] = {"ws", "sse", "poll"}, *mn[] = {"fanout", "rate", "idle"};
+    static const char *tn[] = {"ws", "sse", "poll"},
+                      *mn[] = {"fanout", "rate", "idle", "listen"};
     uint64_t deliveries = 0, dups = 0;
     double expected = 0, dur = 0, cpu = 0, spin = 0;
     for (int i = 0; i < S.nph; i++) {
@@ -1519,8 +1542,16 @@ static void print_result(void) {
     for (int i = 0; i < S.nph; i++) {
         if (i) putchar(',');
         print_phase(&S.ph[i]);
+        putchar('}');
     }
-    printf("]}\n");
+    printf("]");
+    if (O.mode == M_LISTEN) {
+        /* How many subscribers got each k: loss per message the publisher knows it sent. */
+        printf(",\"got\":[");
+        for (uint64_t k = 0; k < S.total_msgs; k++) printf("%s%u", k ? "," : "", S.got[k]);
+        printf("],\"alive\":%u", alive());
+    }
+    printf("}\n");
     fflush(stdout);
 }
 
@@ -1562,7 +1593,8 @@ static void parse_args(int argc, char **argv) {
                         : !strcmp(v, "poll") ? T_POLL : (usage(), 0);
         else if (!strcmp(a, "--mode"))
             O.mode = !strcmp(v, "fanout") ? M_FANOUT : !strcmp(v, "rate") ? M_RATE
-                   : !strcmp(v, "idle") ? M_IDLE : (usage(), 0);
+                   : !strcmp(v, "idle") ? M_IDLE : !strcmp(v, "listen") ? M_LISTEN
+                   : (usage(), 0);
         else if (!strcmp(a, "--subscribers")) O.subs = atoi(v);
         else if (!strcmp(a, "--messages")) {
             O.nmessages = parse_list(v, tmp, MAX_PHASES);
@@ -1656,6 +1688,14 @@ static void setup_state(void) {
 static void plan_phases(void) {
     uint64_t k = 0;
     int n = O.mode == M_FANOUT ? O.nbursts : O.mode == M_RATE ? O.nrates : 0;
+    if (O.mode == M_LISTEN) {
+        /* k = 0 alone (the first message), then the rest (a steady rate). */
+        uint64_t total = O.messages[0] > 1 ? (uint64_t)O.messages[0] : 1;
+        S.ph[0] = (struct phase){.k_begin = 0, .k_end = 1, .k_published = 1};
+        S.ph[1] = (struct phase){.k_begin = 1, .k_end = total, .k_published = total};
+        S.nph = total > 1 ? 2 : 1;
+        k = total;
+    }
     for (int i = 0; i < n; i++) {
         struct phase *ph = &S.ph[S.nph++];
         uint64_t count;
@@ -1746,6 +1786,13 @@ int main(int argc, char **argv) {
     if (O.mode == M_IDLE) {
         wait_settled(30 * SEC);
         hold_idle();
+    } else if (O.mode == M_LISTEN) {
+        plan_phases();
+        wait_settled(30 * SEC);
+        for (int i = 0; i < S.nph; i++) phase_begin(&S.ph[i]);
+        S.spinning = 0; /* someone else publishes: no measured phase to spin for */
+        hold_idle();
+        for (int i = 0; i < S.nph; i++) phase_end(&S.ph[i]);
     } else {
         plan_phases();
         if (!S.stop && S.ready && open_publisher()) {
