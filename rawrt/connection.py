@@ -124,7 +124,9 @@ class HttpConnection(asyncio.Protocol):
     def _identify(self, transport: asyncio.Transport) -> None:
         peer = transport.get_extra_info("peername")
         self._peer = str(peer[0]) if peer else ""
-        self._proxied = self._host.trusted_proxies.trusts_peer(self._peer)
+        proxies = self._host.trusted_proxies
+        # Without trusted proxies nothing need be parsed: this runs on every re-poll.
+        self._proxied = bool(proxies) and proxies.trusts_peer(self._peer)
         self.client = "" if self._proxied else self._peer
 
     def data_received(self, data: bytes) -> None:
