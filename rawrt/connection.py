@@ -59,7 +59,9 @@ class HttpConnection(asyncio.Protocol):
         "_began",
         "_body",
         "_body_bytes",
+        "_deadline",
         "_host",
+        "_on_deadline",
         "_peer",
         "_proxied",
         "_reader",
@@ -80,6 +82,8 @@ class HttpConnection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._body_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0  # loop time at which _on_deadline is due (see _start_timer)
+        self._on_deadline: Callable[[], None] = self._idle_timed_out
         self._receiving = False  # a request has begun to arrive: its deadline runs
         self._waiting: asyncio.Future[Reply] | None = None  # an answer being worked out
         self._peer = ""  # the TCP peer's address
@@ -371,8 +375,31 @@ class HttpConnection(asyncio.Protocol):
             self._start_timer(self._host.config.request_timeout_s, self._request_timed_out)
 
     def _start_timer(self, delay_s: float, callback: Callable[[], None]) -> None:
+        """Call `callback` in `delay_s` unless the deadline moves first.
+
+        One timer serves both deadlines (the idle one and the request's), and it is armed
+        no further ahead than the request deadline: when a request begins, the timer
+        already due sooner stays, and only fires early to find its deadline moved. A
+        re-poll's connection so arms one timer instead of two (call_later and cancel cost
+        about as much as reading the request).
+        """
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + delay_s
+        self._on_deadline = callback
+        timer = self._timer
+        if timer is not None and timer.when() <= self._deadline:
+            return
         self._cancel_timer()
-        self._timer = asyncio.get_running_loop().call_later(delay_s, callback)
+        delay_s = min(delay_s, self._host.config.request_timeout_s)
+        self._timer = loop.call_later(delay_s, self._deadline_passed)
+
+    def _deadline_passed(self) -> None:
+        self._timer = None
+        left_s = self._deadline - asyncio.get_running_loop().time()
+        if left_s > 0:
+            self._start_timer(left_s, self._on_deadline)
+        else:
+            self._on_deadline()
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -380,13 +407,11 @@ class HttpConnection(asyncio.Protocol):
             self._timer = None
 
     def _idle_timed_out(self) -> None:
-        self._timer = None
         if self._transport is not None:
             self._transport.close()
             self._transport = None
 
     def _request_timed_out(self) -> None:
-        self._timer = None
         self._refuse(HttpError(408, "request took too long to arrive"))
 
 
