@@ -83,7 +83,9 @@ class HttpConnection(asyncio.Protocol):
         self._body_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = 0.0  # loop time at which _on_deadline is due (see _start_timer)
-        self._on_deadline: Callable[[], None] = self._idle_timed_out
+        # A function, not a bound method: that would make this object a reference cycle,
+        # freed only by the garbage collector instead of when the last reference goes.
+        self._on_deadline: Callable[[HttpConnection], None] = HttpConnection._idle_timed_out
         self._receiving = False  # a request has begun to arrive: its deadline runs
         self._waiting: asyncio.Future[Reply] | None = None  # an answer being worked out
         self._peer = ""  # the TCP peer's address
@@ -111,7 +113,7 @@ class HttpConnection(asyncio.Protocol):
             self._shedding = True
         # A connection that has sent nothing gets the same deadline as a request: an idle
         # socket costs a file, and without this one was held for keepalive_timeout_s.
-        self._start_timer(config.request_timeout_s, self._idle_timed_out)
+        self._start_timer(config.request_timeout_s, HttpConnection._idle_timed_out)
 
     def adopt(self, transport: asyncio.Transport, pending: bytes) -> None:
         """Take over a kept-alive connection from a finished long poll."""
@@ -367,14 +369,15 @@ class HttpConnection(asyncio.Protocol):
 
     def _wait_for_request(self) -> None:
         self._receiving = False
-        self._start_timer(self._host.config.keepalive_timeout_s, self._idle_timed_out)
+        self._start_timer(self._host.config.keepalive_timeout_s, HttpConnection._idle_timed_out)
 
     def _begin_receiving(self) -> None:
         if not self._receiving:
             self._receiving = True
-            self._start_timer(self._host.config.request_timeout_s, self._request_timed_out)
+            timeout_s = self._host.config.request_timeout_s
+            self._start_timer(timeout_s, HttpConnection._request_timed_out)
 
-    def _start_timer(self, delay_s: float, callback: Callable[[], None]) -> None:
+    def _start_timer(self, delay_s: float, callback: Callable[[HttpConnection], None]) -> None:
         """Call `callback` in `delay_s` unless the deadline moves first.
 
         One timer serves both deadlines (the idle one and the request's), and it is armed
@@ -399,7 +402,7 @@ class HttpConnection(asyncio.Protocol):
         if left_s > 0:
             self._start_timer(left_s, self._on_deadline)
         else:
-            self._on_deadline()
+            self._on_deadline(self)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
