@@ -1,16 +1,18 @@
 """The HTTP/1.1 side of a TCP connection: h11 parses, rawrt routes and answers.
 
-Every accepted socket starts here. `HttpConnection` feeds bytes to h11 through
-rawrt.wire.strict (which refuses, before h11 sees them, the requests h11 is too lenient with:
-bare CR or LF, obs-fold, ambiguous framing headers, an invalid Host, loose chunked framing),
-enforces the limits h11 leaves to its user (whole-head size, header count, target length,
-a deadline on every request, and on a connection that sends nothing), and routes each complete
-request through its host's router. Plain requests are answered here and the connection waits
-for the next one (keep-alive, pipelining). A handler may instead hand the socket over to a
-transport (a WebSocket, an event stream, a parked long poll: rawrt.routes says which) with
-`take_over()`, and this object is dropped, so an open WebSocket or event stream keeps no HTTP
-parser. A new h11 parser is made for each request, which keeps this object's state to one
-request at a time.
+Every accepted socket starts here. `HttpConnection` reads requests with a
+rawrt.wire.reader: the common simple request (a keep-alive re-poll) by its checked fast
+path, anything else by h11 behind rawrt.wire.strict (which refuses, before h11 sees them, the
+requests h11 is too lenient with: bare CR or LF, obs-fold, ambiguous framing headers, an
+invalid Host, loose chunked framing). It enforces the limits h11 leaves to its user
+(whole-head size, header count, target length, a deadline on every request, and on a
+connection that sends nothing), and routes each complete request through its host's router.
+Plain requests are answered here and the connection waits for the next one (keep-alive,
+pipelining). A handler may instead hand the socket over to a transport (a WebSocket, an event
+stream, a parked long poll: rawrt.routes says which) with `take_over()`, and this object is
+dropped, so an open WebSocket or event stream keeps no HTTP parser. Between requests the
+reader holds only the bytes that have arrived; an h11 parser is made for a request that needs
+one and dropped at its end, which keeps this object's state to one request at a time.
 
 At the connection cap (global, or the client's allowance) a new connection is not refused
 blind: the route is not known at accept, and a 503 stops a browser's EventSource for good
@@ -37,15 +39,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import cast
 
-import h11
-
 from rawrt.config import Config
 from rawrt.edge import AT_CAPACITY, HttpHost, Reply, Request
 from rawrt.edge import RequestHeaders as Headers
 from rawrt.errors import HttpError
 from rawrt.logs import access as log_access
 from rawrt.wire import http
-from rawrt.wire.strict import StrictParser
+from rawrt.wire.reader import Head, RequestReader, Signal
 
 __all__ = ["HttpConnection", "Reply", "Request"]
 
@@ -59,10 +59,12 @@ class HttpConnection(asyncio.Protocol):
         "_began",
         "_body",
         "_body_bytes",
+        "_deadline",
         "_host",
-        "_parser",
+        "_on_deadline",
         "_peer",
         "_proxied",
+        "_reader",
         "_receiving",
         "_request",
         "_shedding",
@@ -75,11 +77,15 @@ class HttpConnection(asyncio.Protocol):
     def __init__(self, host: HttpHost) -> None:
         self._host = host
         self._transport: asyncio.Transport | None = None
-        self._parser = self._new_parser(b"")
-        self._request: tuple[h11.Request, Headers] | None = None  # the one being read
+        self._reader = RequestReader(host.config.max_head_bytes)
+        self._request: Head | None = None  # the one being read
         self._body: list[bytes] = []
         self._body_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0  # loop time at which _on_deadline is due (see _start_timer)
+        # A function, not a bound method: that would make this object a reference cycle,
+        # freed only by the garbage collector instead of when the last reference goes.
+        self._on_deadline: Callable[[HttpConnection], None] = HttpConnection._idle_timed_out
         self._receiving = False  # a request has begun to arrive: its deadline runs
         self._waiting: asyncio.Future[Reply] | None = None  # an answer being worked out
         self._peer = ""  # the TCP peer's address
@@ -87,9 +93,6 @@ class HttpConnection(asyncio.Protocol):
         self.client = ""  # the address this connection counts for (see the docstring)
         self._began = 0.0  # when the request being served began to arrive (the access log)
         self._shedding = False  # over the cap: read the head only, then answer at_capacity
-
-    def _new_parser(self, trailing: bytes) -> StrictParser:
-        return StrictParser(self._host.config.max_head_bytes, trailing)
 
     # --- asyncio.Protocol ------------------------------------------------------------------
 
@@ -110,7 +113,7 @@ class HttpConnection(asyncio.Protocol):
             self._shedding = True
         # A connection that has sent nothing gets the same deadline as a request: an idle
         # socket costs a file, and without this one was held for keepalive_timeout_s.
-        self._start_timer(config.request_timeout_s, self._idle_timed_out)
+        self._start_timer(config.request_timeout_s, HttpConnection._idle_timed_out)
 
     def adopt(self, transport: asyncio.Transport, pending: bytes) -> None:
         """Take over a kept-alive connection from a finished long poll."""
@@ -120,22 +123,24 @@ class HttpConnection(asyncio.Protocol):
         self._host.register(self)
         self._wait_for_request()
         if pending:
-            self._parser = self._new_parser(pending)
+            self._reader.receive_data(pending)
             self._begin_receiving()
             asyncio.get_running_loop().call_soon(self._process)
 
     def _identify(self, transport: asyncio.Transport) -> None:
         peer = transport.get_extra_info("peername")
         self._peer = str(peer[0]) if peer else ""
-        self._proxied = self._host.trusted_proxies.trusts_peer(self._peer)
+        proxies = self._host.trusted_proxies
+        # Without trusted proxies nothing need be parsed: this runs on every re-poll.
+        self._proxied = bool(proxies) and proxies.trusts_peer(self._peer)
         self.client = "" if self._proxied else self._peer
 
     def data_received(self, data: bytes) -> None:
         if self._transport is None:
             return
         self._begin_receiving()
-        self._parser.receive_data(data)
-        if self._waiting is not None and len(self._parser.trailing_data[0]) > (
+        self._reader.receive_data(data)
+        if self._waiting is not None and len(self._reader.pending) > (
             self._host.config.max_pending_input_bytes
         ):
             self._refuse(HttpError(400, "too much pipelined input"))
@@ -143,7 +148,7 @@ class HttpConnection(asyncio.Protocol):
         self._process()
 
     def eof_received(self) -> bool | None:
-        self._parser.receive_data(b"")
+        self._reader.receive_data(b"")
         self._process()
         return None  # let the transport close itself
 
@@ -164,15 +169,15 @@ class HttpConnection(asyncio.Protocol):
     # --- the request cycle -----------------------------------------------------------------
 
     def _process(self) -> None:
+        reader = self._reader
         while self._transport is not None:
             try:
-                event = self._parser.next_event()
+                event = reader.next_event()
             except HttpError as exc:  # h11's refusals, and rawrt.wire.strict's
                 self._refuse(exc)
                 return
-            if event is h11.NEED_DATA or event is h11.PAUSED:
+            if event is Signal.NEED_DATA or event is Signal.PAUSED:
                 return
-            assert isinstance(event, h11.Event)
             try:
                 self._on_event(event)
             except HttpError as exc:
@@ -183,37 +188,33 @@ class HttpConnection(asyncio.Protocol):
                 self._refuse(HttpError(500, "internal error"))
                 return
 
-    def _on_event(self, event: h11.Event) -> None:
-        if isinstance(event, h11.Request):
+    def _on_event(self, event: Head | bytes | Signal) -> None:
+        if isinstance(event, Head):
             self._start_request(event)
-        elif isinstance(event, h11.Data):
-            self._add_body(event.data)
-        elif isinstance(event, h11.EndOfMessage):
+        elif isinstance(event, bytes):
+            self._add_body(event)
+        elif event is Signal.END:
             self._finish_request()
-        elif isinstance(event, h11.ConnectionClosed) and self._transport is not None:
+        elif event is Signal.CLOSED and self._transport is not None:
             self._transport.close()  # the client is done with this connection
             self._transport = None
 
-    def _start_request(self, event: h11.Request) -> None:
+    def _start_request(self, head: Head) -> None:
         self._begin_receiving()
         if self._host.config.access_log:
             self._began = time.monotonic()
-        # h11's Headers is a Sequence whose iteration goes through __getitem__: copy it once.
-        headers = list(event.headers)
-        self._request = (event, headers)
+        headers = head.headers
+        self._request = head
         self._body = []
         self._body_bytes = 0
-        _check_head(event.target, headers, self._host.config)
-        if self._shedding:
-            self._at_capacity(event, headers)
-            return
-        if self._proxied and not self._forwarded(headers):
-            self._at_capacity(event, headers)
+        _check_head(head.target, headers, self._host.config)
+        if self._shedding or (self._proxied and not self._forwarded(headers)):
+            self._at_capacity(head)
             return
         length = _content_length(headers)
         if length is not None and length > self._host.config.max_body_bytes:
             raise self._too_large()
-        if self._parser.they_are_waiting_for_100_continue and self._transport is not None:
+        if self._reader.they_are_waiting_for_100_continue and self._transport is not None:
             self._transport.write(http.CONTINUE)
 
     def _forwarded(self, headers: Headers) -> bool:
@@ -228,13 +229,13 @@ class HttpConnection(asyncio.Protocol):
         self.client = client
         return True
 
-    def _at_capacity(self, event: h11.Request, headers: Headers) -> None:
+    def _at_capacity(self, head: Head) -> None:
         """Answer a request the server has no room for (see the module docstring), unread
         body and all, and close."""
         # Counted as the cap's 503 even when an event stream is told to retry with a 200.
         self._host.counts.refuse("http", 503)
         self._request = None
-        request = _request_of(event, headers, b"", self.client)
+        request = _request_of(head, b"", self.client)
         request.keep_alive = False
         self.send(_for_method(self._host.router.at_capacity(request), request), False)
 
@@ -252,7 +253,7 @@ class HttpConnection(asyncio.Protocol):
         assert started is not None
         self._receiving = False
         self._cancel_timer()
-        request = _request_of(*started, b"".join(self._body), self.client)
+        request = _request_of(started, b"".join(self._body), self.client)
         self._body = []
         if self._host.stopping:
             # This connection closes after its answer (send() sees to that); RFC 9112 §9.6:
@@ -324,9 +325,8 @@ class HttpConnection(asyncio.Protocol):
         if self._proxied and self.client:
             self.client = ""  # the proxy's next request may be anyone's
             self._host.reclaim(self, "")
-        trailing = self._parser.trailing_data[0]
-        self._parser = self._new_parser(trailing)
-        if trailing:
+        self._reader.start_next_cycle()
+        if self._reader.pending:
             self._begin_receiving()  # the next request has begun (pipelining)
         else:
             self._wait_for_request()
@@ -337,7 +337,7 @@ class HttpConnection(asyncio.Protocol):
         assert transport is not None
         self._cancel_timer()
         self._host.forget(self)
-        return transport, self._parser.trailing_data[0]
+        return transport, self._reader.pending
 
     def _refuse(self, exc: HttpError) -> None:
         """Answer a bad request and close: after one, the byte stream cannot be trusted."""
@@ -361,24 +361,48 @@ class HttpConnection(asyncio.Protocol):
         if self._request is None:  # refused before its head was read: nothing to name
             log_access(b"-", b"-", status, 0, 0.0, self.client or self._peer)
             return
-        event = self._request[0]
+        head = self._request
         duration = time.monotonic() - self._began
-        log_access(event.method, event.target, status, 0, duration, self.client)
+        log_access(head.method, head.target, status, 0, duration, self.client)
 
     # --- timers ----------------------------------------------------------------------------
 
     def _wait_for_request(self) -> None:
         self._receiving = False
-        self._start_timer(self._host.config.keepalive_timeout_s, self._idle_timed_out)
+        self._start_timer(self._host.config.keepalive_timeout_s, HttpConnection._idle_timed_out)
 
     def _begin_receiving(self) -> None:
         if not self._receiving:
             self._receiving = True
-            self._start_timer(self._host.config.request_timeout_s, self._request_timed_out)
+            timeout_s = self._host.config.request_timeout_s
+            self._start_timer(timeout_s, HttpConnection._request_timed_out)
 
-    def _start_timer(self, delay_s: float, callback: Callable[[], None]) -> None:
+    def _start_timer(self, delay_s: float, callback: Callable[[HttpConnection], None]) -> None:
+        """Call `callback` in `delay_s` unless the deadline moves first.
+
+        One timer serves both deadlines (the idle one and the request's), and it is armed
+        no further ahead than the request deadline: when a request begins, the timer
+        already due sooner stays, and only fires early to find its deadline moved. A
+        re-poll's connection so arms one timer instead of two (call_later and cancel cost
+        about as much as reading the request).
+        """
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + delay_s
+        self._on_deadline = callback
+        timer = self._timer
+        if timer is not None and timer.when() <= self._deadline:
+            return
         self._cancel_timer()
-        self._timer = asyncio.get_running_loop().call_later(delay_s, callback)
+        delay_s = min(delay_s, self._host.config.request_timeout_s)
+        self._timer = loop.call_later(delay_s, self._deadline_passed)
+
+    def _deadline_passed(self) -> None:
+        self._timer = None
+        left_s = self._deadline - asyncio.get_running_loop().time()
+        if left_s > 0:
+            self._start_timer(left_s, self._on_deadline)
+        else:
+            self._on_deadline(self)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -386,13 +410,11 @@ class HttpConnection(asyncio.Protocol):
             self._timer = None
 
     def _idle_timed_out(self) -> None:
-        self._timer = None
         if self._transport is not None:
             self._transport.close()
             self._transport = None
 
     def _request_timed_out(self) -> None:
-        self._timer = None
         self._refuse(HttpError(408, "request took too long to arrive"))
 
 
@@ -415,16 +437,17 @@ def _content_length(headers: Headers) -> int | None:
     return None
 
 
-def _request_of(event: h11.Request, headers: Headers, body: bytes, client: str) -> Request:
-    path, query = http.split_target(event.target)
+def _request_of(head: Head, body: bytes, client: str) -> Request:
+    method, target, http_version, headers = head
+    path, query = http.split_target(target)
     connection = {
         t.strip().lower() for k, v in headers if k == b"connection" for t in v.split(b",")
     }
-    keep_alive = event.http_version == b"1.1" and b"close" not in connection
+    keep_alive = http_version == b"1.1" and b"close" not in connection
     return Request(
-        event.method,
-        event.target,
-        event.http_version,
+        method,
+        target,
+        http_version,
         headers,
         path,
         query,

@@ -82,6 +82,8 @@ ROUTES: tuple[tuple[bytes, tuple[str, ...], str], ...] = (
 class Router:
     def __init__(self, host: RouterHost) -> None:
         self._host = host
+        # The last long poll answered at once, by what decides its content (_shared_answer).
+        self._last_answer: tuple[tuple[str, str | None, str, bool], PollAnswer] | None = None
         routes = list(ROUTES)
         if host.config.echo_path:
             echo = tuple(host.config.echo_path.strip("/").split("/"))
@@ -275,7 +277,9 @@ class Router:
         ready = self._host.hub.poll(channel, since)
         cors = self._host.cors_for(request.headers)
         if isinstance(ready, PollAnswer):
-            reply = poll_response(cors, ready, request.keep_alive)
+            reply = poll_response(
+                cors, self._shared_answer(channel, since, ready), request.keep_alive
+            )
             if ready.messages:
                 self._host.counts.poll_bytes += len(reply)
             return reply
@@ -285,6 +289,19 @@ class Router:
         )
         parked.park(pending, timeout_s)
         return None
+
+    def _shared_answer(self, channel: str, since: str | None, answer: PollAnswer) -> PollAnswer:
+        """The answer given last when it is the same one, so that its bytes are built once.
+
+        Pollers a flush woke re-poll with the same cursor; a message published before they
+        do is answered at once, and every one of them is given the same messages up to the
+        same new cursor: the answer (and its encoded responses) of the first one."""
+        key = (channel, since, answer.cursor, answer.reset)
+        last = self._last_answer
+        if last is not None and last[0] == key:
+            return last[1]
+        self._last_answer = (key, answer)
+        return answer
 
     def _when_attached(
         self,

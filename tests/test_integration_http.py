@@ -107,6 +107,31 @@ async def test_idle_keep_alive_connection_is_closed_after_its_timeout(
             assert await reader.read() == b""  # closed by the server, with nothing more
 
 
+@pytest.mark.parametrize(
+    "server", [{"keepalive_timeout_s": 1.5, "request_timeout_s": 0.3}], indirect=True
+)
+async def test_idle_time_past_the_request_deadline_is_kept_alive_and_a_late_request_gets_its_own(
+    server: rawrt.Server,
+) -> None:
+    # One timer serves both deadlines and fires early at the request deadline: it must
+    # find the idle deadline not passed, and a request begun later must get a full one.
+    loop = asyncio.get_running_loop()
+    async with _connection(server.port) as (reader, writer):
+        writer.write(_get("/healthz"))
+        async with asyncio.timeout(3):
+            assert (await read_response(reader)).status == 200
+        await asyncio.sleep(0.5)  # idle: past the request deadline, within keep-alive
+        writer.write(_get("/healthz"))
+        async with asyncio.timeout(3):
+            assert (await read_response(reader)).status == 200
+        await asyncio.sleep(0.2)
+        begun = loop.time()
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: slow")  # and nothing more
+        async with asyncio.timeout(3):
+            assert (await read_response(reader)).status == 408
+        assert loop.time() - begun >= 0.25  # the request's own deadline, not the idle one's
+
+
 async def test_http_1_0_request_is_answered_and_closed(server: rawrt.Server) -> None:
     async with _connection(server.port) as (reader, writer):
         writer.write(b"GET /healthz HTTP/1.0\r\n\r\n")

@@ -74,3 +74,23 @@ async def test_poll_from_a_cursor_behind_the_head_is_answered_at_once(
     poller = await stack.enter_async_context(PollClient(server.port, "backlog"))
     body = await poller.poll(since=ids[1], timeout=30, bound_s=2)
     assert body == {"messages": [2, 3, 4], "ids": ids[2:], "cursor": ids[-1]}
+
+
+async def test_polls_answered_at_once_get_the_answer_to_their_own_cursor_and_channel(
+    server: rawrt.Server, stack: contextlib.AsyncExitStack
+) -> None:
+    # The router shares an answer given at once with the next poll that asks the same:
+    # interleaved cursors and channels must each still get their own.
+    ids = [await server.publish("shared", n) for n in range(4)]
+    other = [await server.publish("shared-too", n) for n in range(10, 14)]
+    poller = await stack.enter_async_context(PollClient(server.port, "shared"))
+    elsewhere = await stack.enter_async_context(PollClient(server.port, "shared-too"))
+    for since in (ids[0], ids[0], ids[2], ids[0]):
+        body = await poller.poll(since=since, timeout=30, bound_s=2)
+        at = ids.index(since) + 1
+        assert body == {"messages": list(range(at, 4)), "ids": ids[at:], "cursor": ids[-1]}
+    body = await elsewhere.poll(since=other[0], timeout=30, bound_s=2)
+    assert body == {"messages": [11, 12, 13], "ids": other[1:], "cursor": other[-1]}
+    newer = await server.publish("shared", 4)
+    body = await poller.poll(since=ids[0], timeout=30, bound_s=2)
+    assert body == {"messages": [1, 2, 3, 4], "ids": [*ids[1:], newer], "cursor": newer}

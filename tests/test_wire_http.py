@@ -6,7 +6,7 @@ from urllib.parse import quote, urlencode
 
 import h11
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from support import CORE, QUIET_PATCH_WRITER
 
@@ -144,3 +144,15 @@ def test_continue_is_an_interim_response() -> None:
                 ("Expect", "100-continue"), ("Content-Length", "1")]))  # fmt: skip
     client.receive_data(http.CONTINUE)
     assert isinstance(client.next_event(), h11.InformationalResponse)
+
+
+@CORE
+@given(st.text("/?&=ab:é\x7f#;", max_size=40).map(lambda t: "/" + t))
+@example("/api/poll/c?since=x-1&since=x-2&&timeout=&flag")
+@example("/a?b=c=d")
+def test_a_target_with_nothing_to_decode_splits_as_the_decoding_path_splits_it(
+    text: str,
+) -> None:
+    target = text.encode("utf-8")
+    decoded = target.decode("ascii", "replace")
+    assert http.split_target(target) == http._split_decoding(decoded)

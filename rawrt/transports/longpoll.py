@@ -42,7 +42,6 @@ class ParkedPoll(asyncio.Protocol):
     __slots__ = (
         "_channel",
         "_cors",
-        "_cursor",
         "_host",
         "_keep_alive",
         "_pending",
@@ -69,7 +68,6 @@ class ParkedPoll(asyncio.Protocol):
         self._transport: asyncio.Transport | None = transport
         self._channel = channel
         self._keep_alive = keep_alive
-        self._cursor = ""
         self._pending = b""  # bytes of a pipelined next request
         self._timer: asyncio.TimerHandle | None = None
 
@@ -78,7 +76,6 @@ class ParkedPoll(asyncio.Protocol):
         self._pending = pending
         self._transport.set_protocol(self)
         self._host.register(self)
-        self._cursor = self._host.hub.head_id(self._channel)
         self._host.hub.park(self._channel, self, self._user)
         self._timer = asyncio.get_running_loop().call_later(timeout_s, self._expire)
 
@@ -88,8 +85,8 @@ class ParkedPoll(asyncio.Protocol):
 
     def _expire(self) -> None:
         self._timer = None
-        self._host.hub.unpark(self._channel, self)
-        self._answer(PollAnswer([], self._cursor))
+        # Unparked, it is where it was parked: a flush since would have woken it.
+        self._answer(PollAnswer([], self._host.hub.unpark(self._channel, self)))
 
     def _answer(self, answer: PollAnswer) -> None:
         transport, self._transport = self._transport, None
@@ -120,8 +117,7 @@ class ParkedPoll(asyncio.Protocol):
     def shutdown(self) -> None:
         """Server stop: answer now, with nothing new, and close."""
         self._keep_alive = False
-        self._host.hub.unpark(self._channel, self)
-        self._answer(PollAnswer([], self._cursor))
+        self._answer(PollAnswer([], self._host.hub.unpark(self._channel, self)))
 
     def abort(self) -> None:
         transport = self._transport

@@ -92,7 +92,13 @@ def split_target(target: bytes) -> tuple[list[str], dict[str, str]]:
     `/api/poll/a%2Fb?since=x` gives `(["api", "poll", "a/b"], {"since": "x"})`: segments are
     decoded one by one, so an encoded '/' stays inside a channel name.
     """
-    text = _origin_form(target.decode("ascii", "replace"))
+    text = target.decode("ascii", "replace")
+    if text.startswith("/") and "%" not in text and "+" not in text:
+        return _split_plain(text)  # nothing to decode: the common case, a re-poll's target
+    return _split_decoding(_origin_form(text))
+
+
+def _split_decoding(text: str) -> tuple[list[str], dict[str, str]]:
     path, _, query = text.partition("?")
     if not path.startswith("/"):
         raise HttpError(400, "request target must be a path")
@@ -102,6 +108,19 @@ def split_target(target: bytes) -> tuple[list[str], dict[str, str]]:
     except UnicodeDecodeError:
         raise HttpError(400, "request target is not valid UTF-8") from None
     return segments, params
+
+
+def _split_plain(text: str) -> tuple[list[str], dict[str, str]]:
+    """`split_target` of an origin-form target without '%' or '+': what parse_qsl with
+    keep_blank_values and unquote give, without their per-item calls (empty items skipped,
+    a missing '=' an empty value, a later name winning)."""
+    path, _, query = text.partition("?")
+    params = {}
+    for item in query.split("&"):
+        if item:
+            name, _, value = item.partition("=")
+            params[name] = value
+    return path[1:].split("/"), params
 
 
 def _origin_form(text: str) -> str:
