@@ -100,11 +100,33 @@ class Request:
         return None
 
 
-class Exchange(Protocol):
+class Session(Protocol):
+    """An open connection as the registry holds it: what stopping the server needs, and
+    whom it serves (the address it counts against with --max-connections-per-ip; "" for
+    nobody yet: a trusted proxy's connection between two requests)."""
+
+    @property
+    def client(self) -> str: ...
+
+    def shutdown(self) -> None:
+        """Say goodbye (close when idle, after the answer when busy)."""
+        ...
+
+    def abort(self) -> None:
+        """Cut the connection now: the shutdown timeout has passed."""
+        ...
+
+
+class Exchange(Session, Protocol):
     """The HTTP connection a request came on, as a route handler sees it."""
 
     def take_over(self) -> tuple[asyncio.Transport, bytes]:
         """Hand the socket to another protocol: returns it and the bytes already read."""
+        ...
+
+    def hand_over(self) -> tuple[asyncio.Transport, bytes]:
+        """Like `take_over`, but this connection stays registered for its successor, which
+        must take its place with the host's `replace` before the loop runs again."""
         ...
 
 
@@ -122,23 +144,6 @@ class Resolver(Protocol):
 
 
 # --- the registry of open connections ---------------------------------------------------------
-
-
-class Session(Protocol):
-    """An open connection as the registry holds it: what stopping the server needs, and
-    whom it serves (the address it counts against with --max-connections-per-ip; "" for
-    nobody yet: a trusted proxy's connection between two requests)."""
-
-    @property
-    def client(self) -> str: ...
-
-    def shutdown(self) -> None:
-        """Say goodbye (close when idle, after the answer when busy)."""
-        ...
-
-    def abort(self) -> None:
-        """Cut the connection now: the shutdown timeout has passed."""
-        ...
 
 
 class PingedSession(Session, Protocol):
@@ -194,6 +199,11 @@ class HttpHost(Protocol):
         ...
 
     def register(self, conn: Session) -> None: ...
+    def replace(self, old: Session, new: Session) -> None:
+        """`new` has taken `old`'s socket over: `forget(old)` then `register(new)`, in one
+        step that leaves the client's count alone when both count for the same client."""
+        ...
+
     def forget(self, conn: Session) -> None: ...
 
 

@@ -23,8 +23,9 @@ With `tls_cert`/`tls_key` the listener serves TLS itself: the context is built o
 `tls_handshake_timeout_s`. The registry maps every open connection to the client address it
 counts for, which is how `max_connections_per_ip` is kept (rawrt.netpolicy): a connection is
 counted at accept when its peer is the client, when a request names its client when the peer
-is a trusted proxy (`reclaim`), and carried over, uncounted-then-recounted in one step, when a
-transport takes its socket over (`forget`, then `register`).
+is a trusted proxy (`reclaim`), and carried over when a transport takes its socket over
+(`forget`, then `register`; a long poll parking or answered and kept alive moves its entry
+with `replace`, which leaves the count alone).
 
 `drain()` is what SIGTERM does: not ready at once, then, after `drain_delay_s`, no more
 accepting, and the open connections closed a slice per sweep tick, oldest first, at a pace
@@ -406,6 +407,26 @@ class Server:
             assert self._loop is not None
             self._loop.call_soon(conn.shutdown)
 
+    def replace(self, old: Session, new: Session) -> None:
+        """`new` has taken `old`'s socket over (a poll parked, or answered and kept alive).
+
+        The same as `forget(old)` then `register(new)` for the HTTP side's owners, which are
+        neither WebSockets nor event streams, in one move of the registry entry: a re-poll
+        hands its socket over twice per delivery, and the per-IP count, already held for
+        the same client, is left alone.
+        """
+        held = self._connections.pop(old, "")
+        client = self._connections[new] = new.client
+        if held != client:
+            self._uncount(held)
+            if client and self.config.max_connections_per_ip:
+                self._per_ip.add(client)
+        if self._drain_told:
+            self._drain_told.discard(old)
+        if self.stopping:  # as in register(): nobody would answer it
+            assert self._loop is not None
+            self._loop.call_soon(new.shutdown)
+
     def register_socket(self, ws: PingedSession) -> None:
         """An open WebSocket: the sweep pings it."""
         self._sockets[ws] = ws
@@ -542,6 +563,9 @@ class _MetricsEdge:
 
     def register(self, conn: Session) -> None:
         self._server.register(conn)
+
+    def replace(self, old: Session, new: Session) -> None:
+        self._server.replace(old, new)
 
     def forget(self, conn: Session) -> None:
         self._server.forget(conn)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 
 from rawrt.connection import HttpConnection
-from rawrt.edge import CorsHeaders, PollHost
+from rawrt.edge import CorsHeaders, PollHost, Session
 from rawrt.hub import PollAnswer
 from rawrt.wire import http
 
@@ -71,11 +71,13 @@ class ParkedPoll(asyncio.Protocol):
         self._pending = b""  # bytes of a pipelined next request
         self._timer: asyncio.TimerHandle | None = None
 
-    def park(self, pending: bytes, timeout_s: float) -> None:
+    def park(self, previous: Session, pending: bytes, timeout_s: float) -> None:
+        """Take the socket over from `previous` (its `HttpConnection`, which handed it over
+        still registered) and wait."""
         assert self._transport is not None
         self._pending = pending
         self._transport.set_protocol(self)
-        self._host.register(self)
+        self._host.replace(previous, self)
         self._host.hub.park(self._channel, self, self._user)
         self._timer = asyncio.get_running_loop().call_later(timeout_s, self._expire)
 
@@ -93,14 +95,14 @@ class ParkedPoll(asyncio.Protocol):
         if transport is None:
             return
         self._cancel_timer()
-        self._host.forget(self)
         reply = poll_response(self._cors, answer, self._keep_alive)
         if answer.messages:
             self._host.counts.poll_bytes += len(reply)
         transport.write(reply)
         if self._keep_alive and not self._host.stopping:
-            HttpConnection(self._host).adopt(transport, self._pending)
+            HttpConnection(self._host).adopt(transport, self._pending, self)
         else:
+            self._host.forget(self)
             transport.close()
 
     def data_received(self, data: bytes) -> None:
