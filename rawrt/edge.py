@@ -50,7 +50,9 @@ __all__ = [
     "AT_CAPACITY",
     "AnyReply",
     "CorsHeaders",
+    "Deadlines",
     "Exchange",
+    "Expiring",
     "Handler",
     "HttpHost",
     "PingedSession",
@@ -241,6 +243,26 @@ class StreamHost(Protocol):
 class PollHost(HttpHost, Protocol):
     @property
     def hub(self) -> Hub: ...
+    @property
+    def poll_deadlines(self) -> Deadlines:
+        """Where parked polls keep their timeouts (rawrt.server.PollDeadlines)."""
+        ...
+
+
+class Expiring(Protocol):
+    def expire(self) -> None:
+        """Its timeout has passed."""
+        ...
+
+
+class Deadlines(Protocol):
+    def add(self, item: Expiring, timeout_s: float) -> int:
+        """Call `item.expire()` in `timeout_s` or a little later; returns where it is kept."""
+        ...
+
+    def discard(self, item: Expiring, key: int) -> None:
+        """`item`, kept at `key`, needs no timeout any more."""
+        ...
 
 
 class RouterHost(SocketHost, StreamHost, PollHost, Protocol):

@@ -10,7 +10,8 @@
 It runs in whatever asyncio loop is current (stock or uvloop). Everything periodic is one
 callback chain, the sweep: WebSocket pings and their deadlines, SSE heartbeats and, with
 tokens on, the tokens' expiry walk the open connections a few times per interval instead of
-holding a timer per connection.
+holding a timer per connection. Parked polls' timeouts are not the sweep's (it ticks too
+seldom for them): they share a timer per 50 ms (`PollDeadlines`).
 
 Access decisions are the policy's (rawrt.access), built once here from the configuration;
 the router asks it once per request or subscribe, never per message.
@@ -45,6 +46,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import secrets
 import time
 
@@ -57,6 +59,7 @@ from rawrt.counts import Counts
 from rawrt.drain import DrainPace
 from rawrt.edge import (
     CorsHeaders,
+    Expiring,
     PingedSession,
     RequestHeaders,
     Resolver,
@@ -84,6 +87,8 @@ _SWEEPS_PER_PERIOD = 4
 _MIN_SWEEP_S = 0.05
 # A drain closes its connections in this many slices (fewer when the window is short).
 _DRAIN_SLICES = 100
+# How late a parked poll may time out, in seconds: the width of a PollDeadlines bucket.
+_POLL_BUCKET_S = 0.05
 
 
 class Server:
@@ -94,6 +99,7 @@ class Server:
         # Raises ConfigError for a public key rawrt cannot read or use: before serving.
         self.access = AccessPolicy(self.config, _read_public_key(self.config.jwt_public_key))
         self.hub: Hub = None  # type: ignore[assignment]  # made in start(), in the loop
+        self.poll_deadlines: PollDeadlines = None  # type: ignore[assignment]  # likewise
         self.router = Router(self)
         self.stopping = False
         # Set by drain(): /readyz says 503 from then on, while the connections are still served.
@@ -138,6 +144,7 @@ class Server:
         c = self.config
         # Six base-36 digits, fixed width, so that epochs of different runs never collide.
         run_id = to_base36(secrets.randbits(31)).rjust(6, "0")
+        self.poll_deadlines = PollDeadlines(loop)
         self.hub = Hub(
             self.config,
             run_id,
@@ -261,6 +268,7 @@ class Server:
                 for conn in list(self._connections):
                     conn.abort()
         self._connections.clear()
+        self.poll_deadlines.close()
         await self._board.stop()
         await self.backplane.stop()
 
@@ -515,6 +523,48 @@ class Server:
 
     def _presences(self) -> dict[str, Presence]:
         return self.hub.presences(self.config.presence_max_users)
+
+
+class PollDeadlines:
+    """Parked polls' timeouts, in buckets of `_POLL_BUCKET_S` with a loop timer each: the
+    pollers one flush woke park again within milliseconds and share one (more in
+    rawrt.transports.longpoll). A poll times out up to a bucket late, never early."""
+
+    __slots__ = ("_buckets", "_loop", "_timers")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        # Bucket n holds the polls due by n * _POLL_BUCKET_S, and has the timer in _timers[n].
+        self._buckets: dict[int, dict[Expiring, None]] = {}
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+
+    def add(self, item: Expiring, timeout_s: float) -> int:
+        """Expire `item` in `timeout_s` (up to a bucket later); returns its bucket."""
+        key = math.ceil((self._loop.time() + timeout_s) / _POLL_BUCKET_S)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = {}
+            self._timers[key] = self._loop.call_at(key * _POLL_BUCKET_S, self._expire, key)
+        bucket[item] = None
+        return key
+
+    def discard(self, item: Expiring, key: int) -> None:
+        """`item`, in bucket `key`, is answered or gone: it needs no timeout any more."""
+        bucket = self._buckets.get(key)
+        if bucket is not None:
+            bucket.pop(item, None)
+
+    def close(self) -> None:
+        """Server stop (every poll has been answered): drop the timers."""
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        self._buckets.clear()
+
+    def _expire(self, key: int) -> None:
+        del self._timers[key]
+        for item in self._buckets.pop(key):
+            item.expire()
 
 
 def _drain_tick_s(drain_s: float) -> float:
