@@ -40,7 +40,7 @@ from collections.abc import Awaitable, Callable
 from typing import cast
 
 from rawrt.config import Config
-from rawrt.edge import AT_CAPACITY, HttpHost, Reply, Request
+from rawrt.edge import AT_CAPACITY, HttpHost, Reply, Request, Session
 from rawrt.edge import RequestHeaders as Headers
 from rawrt.errors import HttpError
 from rawrt.logs import access as log_access
@@ -115,12 +115,12 @@ class HttpConnection(asyncio.Protocol):
         # socket costs a file, and without this one was held for keepalive_timeout_s.
         self._start_timer(config.request_timeout_s, HttpConnection._idle_timed_out)
 
-    def adopt(self, transport: asyncio.Transport, pending: bytes) -> None:
-        """Take over a kept-alive connection from a finished long poll."""
+    def adopt(self, transport: asyncio.Transport, pending: bytes, previous: Session) -> None:
+        """Take over a kept-alive connection from `previous`, a finished long poll."""
         self._transport = transport
         transport.set_protocol(self)
         self._identify(transport)
-        self._host.register(self)
+        self._host.replace(previous, self)
         self._wait_for_request()
         if pending:
             self._reader.receive_data(pending)
@@ -333,10 +333,15 @@ class HttpConnection(asyncio.Protocol):
 
     def take_over(self) -> tuple[asyncio.Transport, bytes]:
         """Hand the socket to another protocol: returns it and the bytes already read."""
+        handed = self.hand_over()
+        self._host.forget(self)
+        return handed
+
+    def hand_over(self) -> tuple[asyncio.Transport, bytes]:
+        """`take_over`, leaving this connection registered until its successor `replace`s it."""
         transport, self._transport = self._transport, None
         assert transport is not None
         self._cancel_timer()
-        self._host.forget(self)
         return transport, self._reader.pending
 
     def _refuse(self, exc: HttpError) -> None:

@@ -50,7 +50,9 @@ __all__ = [
     "AT_CAPACITY",
     "AnyReply",
     "CorsHeaders",
+    "Deadlines",
     "Exchange",
+    "Expiring",
     "Handler",
     "HttpHost",
     "PingedSession",
@@ -100,11 +102,33 @@ class Request:
         return None
 
 
-class Exchange(Protocol):
+class Session(Protocol):
+    """An open connection as the registry holds it: what stopping the server needs, and
+    whom it serves (the address it counts against with --max-connections-per-ip; "" for
+    nobody yet: a trusted proxy's connection between two requests)."""
+
+    @property
+    def client(self) -> str: ...
+
+    def shutdown(self) -> None:
+        """Say goodbye (close when idle, after the answer when busy)."""
+        ...
+
+    def abort(self) -> None:
+        """Cut the connection now: the shutdown timeout has passed."""
+        ...
+
+
+class Exchange(Session, Protocol):
     """The HTTP connection a request came on, as a route handler sees it."""
 
     def take_over(self) -> tuple[asyncio.Transport, bytes]:
         """Hand the socket to another protocol: returns it and the bytes already read."""
+        ...
+
+    def hand_over(self) -> tuple[asyncio.Transport, bytes]:
+        """Like `take_over`, but this connection stays registered for its successor, which
+        must take its place with the host's `replace` before the loop runs again."""
         ...
 
 
@@ -122,23 +146,6 @@ class Resolver(Protocol):
 
 
 # --- the registry of open connections ---------------------------------------------------------
-
-
-class Session(Protocol):
-    """An open connection as the registry holds it: what stopping the server needs, and
-    whom it serves (the address it counts against with --max-connections-per-ip; "" for
-    nobody yet: a trusted proxy's connection between two requests)."""
-
-    @property
-    def client(self) -> str: ...
-
-    def shutdown(self) -> None:
-        """Say goodbye (close when idle, after the answer when busy)."""
-        ...
-
-    def abort(self) -> None:
-        """Cut the connection now: the shutdown timeout has passed."""
-        ...
 
 
 class PingedSession(Session, Protocol):
@@ -194,6 +201,11 @@ class HttpHost(Protocol):
         ...
 
     def register(self, conn: Session) -> None: ...
+    def replace(self, old: Session, new: Session) -> None:
+        """`new` has taken `old`'s socket over: `forget(old)` then `register(new)`, in one
+        step that leaves the client's count alone when both count for the same client."""
+        ...
+
     def forget(self, conn: Session) -> None: ...
 
 
@@ -231,6 +243,26 @@ class StreamHost(Protocol):
 class PollHost(HttpHost, Protocol):
     @property
     def hub(self) -> Hub: ...
+    @property
+    def poll_deadlines(self) -> Deadlines:
+        """Where parked polls keep their timeouts (rawrt.server.PollDeadlines)."""
+        ...
+
+
+class Expiring(Protocol):
+    def expire(self) -> None:
+        """Its timeout has passed."""
+        ...
+
+
+class Deadlines(Protocol):
+    def add(self, item: Expiring, timeout_s: float) -> int:
+        """Call `item.expire()` in `timeout_s` or a little later; returns where it is kept."""
+        ...
+
+    def discard(self, item: Expiring, key: int) -> None:
+        """`item`, kept at `key`, needs no timeout any more."""
+        ...
 
 
 class RouterHost(SocketHost, StreamHost, PollHost, Protocol):

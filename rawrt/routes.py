@@ -283,11 +283,11 @@ class Router:
             if ready.messages:
                 self._host.counts.poll_bytes += len(reply)
             return reply
-        transport, pending = conn.take_over()
+        transport, pending = conn.hand_over()
         parked = ParkedPoll(
             self._host, transport, channel, request.keep_alive, cors, request.client, user
         )
-        parked.park(pending, timeout_s)
+        parked.park(conn, pending, timeout_s)
         return None
 
     def _shared_answer(self, channel: str, since: str | None, answer: PollAnswer) -> PollAnswer:

@@ -10,7 +10,8 @@
 It runs in whatever asyncio loop is current (stock or uvloop). Everything periodic is one
 callback chain, the sweep: WebSocket pings and their deadlines, SSE heartbeats and, with
 tokens on, the tokens' expiry walk the open connections a few times per interval instead of
-holding a timer per connection.
+holding a timer per connection. Parked polls' timeouts are not the sweep's (it ticks too
+seldom for them): they share a timer per 50 ms (`PollDeadlines`).
 
 Access decisions are the policy's (rawrt.access), built once here from the configuration;
 the router asks it once per request or subscribe, never per message.
@@ -23,8 +24,9 @@ With `tls_cert`/`tls_key` the listener serves TLS itself: the context is built o
 `tls_handshake_timeout_s`. The registry maps every open connection to the client address it
 counts for, which is how `max_connections_per_ip` is kept (rawrt.netpolicy): a connection is
 counted at accept when its peer is the client, when a request names its client when the peer
-is a trusted proxy (`reclaim`), and carried over, uncounted-then-recounted in one step, when a
-transport takes its socket over (`forget`, then `register`).
+is a trusted proxy (`reclaim`), and carried over when a transport takes its socket over
+(`forget`, then `register`; a long poll parking or answered and kept alive moves its entry
+with `replace`, which leaves the count alone).
 
 `drain()` is what SIGTERM does: not ready at once, then, after `drain_delay_s`, no more
 accepting, and the open connections closed a slice per sweep tick, oldest first, at a pace
@@ -44,6 +46,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import secrets
 import time
 
@@ -56,6 +59,7 @@ from rawrt.counts import Counts
 from rawrt.drain import DrainPace
 from rawrt.edge import (
     CorsHeaders,
+    Expiring,
     PingedSession,
     RequestHeaders,
     Resolver,
@@ -83,6 +87,8 @@ _SWEEPS_PER_PERIOD = 4
 _MIN_SWEEP_S = 0.05
 # A drain closes its connections in this many slices (fewer when the window is short).
 _DRAIN_SLICES = 100
+# How late a parked poll may time out, in seconds: the width of a PollDeadlines bucket.
+_POLL_BUCKET_S = 0.05
 
 
 class Server:
@@ -93,6 +99,7 @@ class Server:
         # Raises ConfigError for a public key rawrt cannot read or use: before serving.
         self.access = AccessPolicy(self.config, _read_public_key(self.config.jwt_public_key))
         self.hub: Hub = None  # type: ignore[assignment]  # made in start(), in the loop
+        self.poll_deadlines: PollDeadlines = None  # type: ignore[assignment]  # likewise
         self.router = Router(self)
         self.stopping = False
         # Set by drain(): /readyz says 503 from then on, while the connections are still served.
@@ -137,6 +144,7 @@ class Server:
         c = self.config
         # Six base-36 digits, fixed width, so that epochs of different runs never collide.
         run_id = to_base36(secrets.randbits(31)).rjust(6, "0")
+        self.poll_deadlines = PollDeadlines(loop)
         self.hub = Hub(
             self.config,
             run_id,
@@ -260,6 +268,7 @@ class Server:
                 for conn in list(self._connections):
                     conn.abort()
         self._connections.clear()
+        self.poll_deadlines.close()
         await self._board.stop()
         await self.backplane.stop()
 
@@ -406,6 +415,26 @@ class Server:
             assert self._loop is not None
             self._loop.call_soon(conn.shutdown)
 
+    def replace(self, old: Session, new: Session) -> None:
+        """`new` has taken `old`'s socket over (a poll parked, or answered and kept alive).
+
+        The same as `forget(old)` then `register(new)` for the HTTP side's owners, which are
+        neither WebSockets nor event streams, in one move of the registry entry: a re-poll
+        hands its socket over twice per delivery, and the per-IP count, already held for
+        the same client, is left alone.
+        """
+        held = self._connections.pop(old, "")
+        client = self._connections[new] = new.client
+        if held != client:
+            self._uncount(held)
+            if client and self.config.max_connections_per_ip:
+                self._per_ip.add(client)
+        if self._drain_told:
+            self._drain_told.discard(old)
+        if self.stopping:  # as in register(): nobody would answer it
+            assert self._loop is not None
+            self._loop.call_soon(new.shutdown)
+
     def register_socket(self, ws: PingedSession) -> None:
         """An open WebSocket: the sweep pings it."""
         self._sockets[ws] = ws
@@ -496,6 +525,48 @@ class Server:
         return self.hub.presences(self.config.presence_max_users)
 
 
+class PollDeadlines:
+    """Parked polls' timeouts, in buckets of `_POLL_BUCKET_S` with a loop timer each: the
+    pollers one flush woke park again within milliseconds and share one (more in
+    rawrt.transports.longpoll). A poll times out up to a bucket late, never early."""
+
+    __slots__ = ("_buckets", "_loop", "_timers")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        # Bucket n holds the polls due by n * _POLL_BUCKET_S, and has the timer in _timers[n].
+        self._buckets: dict[int, dict[Expiring, None]] = {}
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+
+    def add(self, item: Expiring, timeout_s: float) -> int:
+        """Expire `item` in `timeout_s` (up to a bucket later); returns its bucket."""
+        key = math.ceil((self._loop.time() + timeout_s) / _POLL_BUCKET_S)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = {}
+            self._timers[key] = self._loop.call_at(key * _POLL_BUCKET_S, self._expire, key)
+        bucket[item] = None
+        return key
+
+    def discard(self, item: Expiring, key: int) -> None:
+        """`item`, in bucket `key`, is answered or gone: it needs no timeout any more."""
+        bucket = self._buckets.get(key)
+        if bucket is not None:
+            bucket.pop(item, None)
+
+    def close(self) -> None:
+        """Server stop (every poll has been answered): drop the timers."""
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        self._buckets.clear()
+
+    def _expire(self, key: int) -> None:
+        del self._timers[key]
+        for item in self._buckets.pop(key):
+            item.expire()
+
+
 def _drain_tick_s(drain_s: float) -> float:
     """How often the sweep runs during a drain: a hundred slices, at most 20 a second."""
     return max(_MIN_SWEEP_S, drain_s / _DRAIN_SLICES)
@@ -542,6 +613,9 @@ class _MetricsEdge:
 
     def register(self, conn: Session) -> None:
         self._server.register(conn)
+
+    def replace(self, old: Session, new: Session) -> None:
+        self._server.replace(old, new)
 
     def forget(self, conn: Session) -> None:
         self._server.forget(conn)

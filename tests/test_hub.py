@@ -333,6 +333,26 @@ def test_poll_with_unresumable_since_answers_a_reset_to_the_head(since: str) -> 
     }
 
 
+def test_a_since_polled_again_is_checked_against_its_channel_each_time() -> None:
+    hub, _ = make_hub(history_size=2)
+    first, second = publish(hub, "c", 1, 2)
+    (elsewhere,) = publish(hub, "d", 1)
+    for _ in range(2):  # the same text twice in a row, then in turns with others
+        answer = hub.poll("c", first)
+        assert isinstance(answer, PollAnswer) and not answer.reset
+        assert [m.id for m in answer.messages] == [second]
+    assert hub.poll("c", second) == 2
+    other = hub.poll("d", second)  # c's epoch, not d's
+    assert isinstance(other, PollAnswer) and other.reset and other.cursor == elsewhere
+    assert isinstance(hub.poll("c", "nope"), PollAnswer)
+    publish(hub, "c", 3, 4)  # now holds 3 and 4: `first` is lost, `second` still resumable
+    lost = hub.poll("c", first)
+    assert isinstance(lost, PollAnswer) and lost.reset and lost.messages == []
+    kept = hub.poll("c", second)
+    assert isinstance(kept, PollAnswer) and not kept.reset
+    assert [m.data for m in kept.messages] == [b'{"n":3}', b'{"n":4}']
+
+
 def test_unparked_poll_is_not_woken() -> None:
     hub, _ = make_hub()
     waiter = Waiter()

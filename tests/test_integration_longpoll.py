@@ -67,6 +67,31 @@ async def test_parked_poll_without_messages_times_out_with_its_cursor(
     assert poller.connections_opened == 1
 
 
+async def test_parked_polls_time_out_no_sooner_than_asked_and_a_woken_one_never(
+    server: rawrt.Server, stack: contextlib.AsyncExitStack
+) -> None:
+    quick, slow, woken = [
+        await stack.enter_async_context(PollClient(server.port, name))
+        for name in ("deadline", "deadline", "deadline-woken")
+    ]
+    for poller in (quick, slow, woken):
+        await poller.start_at_head()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    polls = [await quick.poll_sent(timeout=0.2), await slow.poll_sent(timeout=0.6)]
+    first = await woken.poll_sent(timeout=0.2)
+    await server.publish("deadline-woken", 1)
+    assert (await asyncio.wait_for(first, 5))["messages"] == [1]
+    # Parked again on the same connection: the first poll's deadline is not this one's.
+    again = await woken.poll_sent(timeout=10)
+    for poll, timeout_s in zip(polls, (0.2, 0.6), strict=True):
+        assert (await asyncio.wait_for(poll, 5))["messages"] == []
+        assert loop.time() - started >= timeout_s
+    assert not again.done()
+    await server.publish("deadline-woken", 2)
+    assert (await asyncio.wait_for(again, 5))["messages"] == [2]
+
+
 async def test_poll_from_a_cursor_behind_the_head_is_answered_at_once(
     server: rawrt.Server, stack: contextlib.AsyncExitStack
 ) -> None:

@@ -412,6 +412,58 @@ async def test_a_parked_poll_counts_as_a_connection_of_its_address(
     writer.close()
 
 
+async def test_a_kept_alive_poller_stays_one_connection_of_its_address_across_polls(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(max_connections_per_ip=1)
+    async with asyncio.timeout(TIMEOUT_S):
+        reader, writer = await _open(server.port, "127.0.0.7", None)
+        since = ""
+        for n in range(3):  # parked, answered and kept alive, parked again: one connection
+            writer.write(
+                _head("GET", f"/api/poll/poll-keep?timeout=5{since}", server.port, [], b"")
+            )
+            assert (await unasked(server.port, "127.0.0.7")).status == 503
+            await publish(server.port, "poll-keep", n)
+            answer = await read_response(reader)
+            assert answer.status == 200 and answer.json()["messages"] == [n]
+            since = f"&since={answer.json()['cursor']}"
+        assert (await unasked(server.port, "127.0.0.7")).status == 503
+    writer.close()
+    for _ in range(100):  # bounded: the server sees the close a moment after the client
+        if (await unasked_or_served(server.port, "127.0.0.7")) == 200:
+            break
+        await asyncio.sleep(0.02)
+    else:
+        raise AssertionError("the address stayed refused after its poller left")
+
+
+async def test_a_poll_through_a_proxy_counts_for_its_client_only_while_parked(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(trusted_proxies="127.0.0.1", max_connections_per_ip=1)
+    client = xff("198.51.100.8")
+    async with asyncio.timeout(TIMEOUT_S):
+        reader, writer = await _open(server.port, "127.0.0.1", None)
+        writer.write(_head("GET", "/api/poll/poll-fwd?timeout=5", server.port, client, b""))
+        for _ in range(100):  # bounded: until the poll is parked, counted for its client
+            held = await fetch(server.port, "GET", "/healthz", source="127.0.0.1", headers=client)
+            if held.status == 503:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("a parked poll through the proxy did not count for its client")
+        await publish(server.port, "poll-fwd", "woken")
+        answer = await read_response(reader)
+        assert answer.status == 200 and answer.json()["messages"] == ["woken"]
+        # Answered and kept alive, the proxy's connection counts for nobody again.
+        again = await fetch(server.port, "GET", "/healthz", source="127.0.0.1", headers=client)
+        assert again.status == 200
+        writer.write(_head("GET", "/healthz", server.port, client, b""))
+        assert (await read_response(reader)).status == 200
+    writer.close()
+
+
 # --- X-Forwarded-For from trusted proxies only -------------------------------------------------
 
 

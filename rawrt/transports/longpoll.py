@@ -8,6 +8,13 @@ two polls. All pollers one flush wakes share a `PollAnswer` and its response byt
 
 While parked, the socket belongs to a `ParkedPoll`, which keeps no HTTP parser; once it has
 answered, a kept-alive connection goes back to a fresh `HttpConnection`.
+
+A poll's timeout is kept by the server's `poll_deadlines` (rawrt.server), in buckets of
+50 ms with one loop timer per bucket: the pollers one flush woke park again within a few
+milliseconds of each other and share a timer, where a timer each (armed and cancelled once
+per delivery) cost about as much as reading the request. A poll so times out up to 50 ms
+after its timeout, never before. The server's sweep does not keep them: it ticks every few
+seconds and walks every open WebSocket when it does.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from __future__ import annotations
 import asyncio
 
 from rawrt.connection import HttpConnection
-from rawrt.edge import CorsHeaders, PollHost
+from rawrt.edge import CorsHeaders, PollHost, Session
 from rawrt.hub import PollAnswer
 from rawrt.wire import http
 
@@ -42,10 +49,10 @@ class ParkedPoll(asyncio.Protocol):
     __slots__ = (
         "_channel",
         "_cors",
+        "_deadline",
         "_host",
         "_keep_alive",
         "_pending",
-        "_timer",
         "_transport",
         "_user",
         "client",
@@ -69,22 +76,25 @@ class ParkedPoll(asyncio.Protocol):
         self._channel = channel
         self._keep_alive = keep_alive
         self._pending = b""  # bytes of a pipelined next request
-        self._timer: asyncio.TimerHandle | None = None
+        self._deadline: int | None = None  # its bucket in the host's poll_deadlines
 
-    def park(self, pending: bytes, timeout_s: float) -> None:
+    def park(self, previous: Session, pending: bytes, timeout_s: float) -> None:
+        """Take the socket over from `previous` (its `HttpConnection`, which handed it over
+        still registered) and wait."""
         assert self._transport is not None
         self._pending = pending
         self._transport.set_protocol(self)
-        self._host.register(self)
+        self._host.replace(previous, self)
         self._host.hub.park(self._channel, self, self._user)
-        self._timer = asyncio.get_running_loop().call_later(timeout_s, self._expire)
+        self._deadline = self._host.poll_deadlines.add(self, timeout_s)
 
     def wake(self, answer: PollAnswer) -> None:
         """The hub has messages: answer with them."""
         self._answer(answer)
 
-    def _expire(self) -> None:
-        self._timer = None
+    def expire(self) -> None:
+        """Its timeout has passed (the host's poll_deadlines): answer with nothing new."""
+        self._deadline = None
         # Unparked, it is where it was parked: a flush since would have woken it.
         self._answer(PollAnswer([], self._host.hub.unpark(self._channel, self)))
 
@@ -92,15 +102,15 @@ class ParkedPoll(asyncio.Protocol):
         transport, self._transport = self._transport, None
         if transport is None:
             return
-        self._cancel_timer()
-        self._host.forget(self)
+        self._forget_deadline()
         reply = poll_response(self._cors, answer, self._keep_alive)
         if answer.messages:
             self._host.counts.poll_bytes += len(reply)
         transport.write(reply)
         if self._keep_alive and not self._host.stopping:
-            HttpConnection(self._host).adopt(transport, self._pending)
+            HttpConnection(self._host).adopt(transport, self._pending, self)
         else:
+            self._host.forget(self)
             transport.close()
 
     def data_received(self, data: bytes) -> None:
@@ -126,14 +136,14 @@ class ParkedPoll(asyncio.Protocol):
             transport.abort()
 
     def _drop(self) -> None:
-        self._cancel_timer()
+        self._forget_deadline()
         self._host.hub.unpark(self._channel, self)
         if self._transport is not None:
             self._transport.close()
             self._transport = None
             self._host.forget(self)
 
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    def _forget_deadline(self) -> None:
+        if self._deadline is not None:
+            self._host.poll_deadlines.discard(self, self._deadline)
+            self._deadline = None
