@@ -177,9 +177,6 @@ class Hub:
         self._fanning: dict[Channel, _FanOut] = {}
         self._step_due = False  # a flush_step() is scheduled
         self._created = 0
-        # The last poll cursor read, as (text, epoch, seq); epoch "" when it is no id of
-        # rawrt's. The pollers one flush woke come back with the same `since`.
-        self._last_since = ("", "", 0)
         self.total_bytes = 0
         # Counted for rawrt.metrics (module docstring): messages handed out, by Kind and then
         # POLL; bytes written, by Kind (a poll's response bytes are its transport's to count).
@@ -627,7 +624,7 @@ class Hub:
         self._flush_now(ch)
         if since is None:
             return ch.flushed
-        cursor = self._poll_cursor(ch, since)
+        cursor = ch.cursor_of(since)
         if cursor is None:
             self._count_reset(ch, since)
             return PollAnswer([], ch.id_of(ch.flushed), reset=True)
@@ -636,19 +633,6 @@ class Hub:
             self.delivered[POLL] += len(missed)
             return PollAnswer(missed, ch.id_of(ch.flushed))
         return cursor
-
-    def _poll_cursor(self, ch: Channel, since: str) -> int | None:
-        """`ch.cursor_of(since)`, parsing each distinct `since` once: an id names its epoch,
-        so what it parses to depends on its text alone, and only the checks against the
-        channel are made per poll."""
-        last = self._last_since
-        if last[0] != since:
-            parsed = parse_id(since)
-            last = self._last_since = (since, *(parsed or ("", 0)))
-        _, epoch, seq = last
-        if epoch != ch.epoch or not ch.log.holds_after(seq):
-            return None
-        return seq
 
     def park(self, name: str, waiter: Waiter, user: str | None = None) -> None:
         """Wake `waiter` at the next flush of `name` (after `poll` returned a seq)."""

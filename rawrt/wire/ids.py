@@ -17,6 +17,8 @@ long ones cost a CORS preflight).
 
 from __future__ import annotations
 
+import functools
+
 __all__ = ["format_id", "parse_id", "to_base36"]
 
 _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -41,11 +43,18 @@ def format_id(epoch: str, seq: int) -> str:
     return f"{epoch}-{seq}"
 
 
+# Remembered parses: the pollers one flush woke all come back with the same `since`, so
+# most parses repeat one text. Bounded: ids are at most _MAX_ID_LENGTH characters.
+_PARSED_IDS = 1024
+
+
+@functools.lru_cache(maxsize=_PARSED_IDS)
 def parse_id(text: str) -> tuple[str, int] | None:
     """(epoch, seq) of an id rawrt made, or None for anything else.
 
     None is not an error to report: callers treat an unknown position like a lost one and
-    answer with a reset, so a client can always recover.
+    answer with a reset, so a client can always recover. Pure, so remembered (a repeat
+    costs a dict lookup instead of the checks).
     """
     if len(text) > _MAX_ID_LENGTH:
         return None
